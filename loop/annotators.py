@@ -1,0 +1,55 @@
+"""Simulated annotators: verify imported tasks through the Label Studio API, as people would.
+
+Used by `make demo` and the end-to-end test: each pending task of the current round is accepted,
+edited or rejected at configurable rates, with a seeded generator so that a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loop.rounds import Context
+
+VERDICTS = ("accept", "edit", "reject")
+
+
+def edit(draft: str) -> str:
+    """A small, always visible edit of the teacher's draft."""
+    draft = draft.strip()
+    return f"To be fair, {draft[:1].lower()}{draft[1:]}" if draft else "(rewritten)"
+
+
+def choose(n: int, rng: np.random.Generator, rates: tuple[float, float, float]) -> list[str]:
+    """n verdicts drawn at the given (accept, edit, reject) rates."""
+    p = np.asarray(rates, dtype=float)
+    if (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"verdict rates must be non-negative and not all zero, got {rates}")
+    return [VERDICTS[i] for i in rng.choice(3, size=n, p=p / p.sum())]
+
+
+def annotate_pending(
+    ctx: Context,
+    rng: np.random.Generator,
+    rates: tuple[float, float, float] = (0.7, 0.2, 0.1),
+    done: set[int] | None = None,
+) -> int:
+    """Annotate every imported task of the current round with no verification yet; returns count.
+
+    `done` holds task ids already annotated (and is updated), so that a task annotated but not yet
+    synced into the ledger is not annotated twice.
+    """
+    done = set() if done is None else done
+    current = ctx.ledger.current_round()
+    if current is None or current["state"] not in ("imported", "verifying"):
+        return 0
+    verified = {v["pool_id"] for v in ctx.ledger.verifications(current["id"])}
+    pending = [
+        b for b in ctx.ledger.batch(current["id"])
+        if b["task_id"] and b["pool_id"] not in verified and b["task_id"] not in done
+    ]
+    for item, verdict in zip(pending, choose(len(pending), rng, rates), strict=True):
+        text = edit(item["draft"]) if verdict == "edit" else item["draft"]
+        comment = "simulated annotator" if verdict != "accept" else None
+        ctx.studio.annotate(item["task_id"], verdict=verdict, text=text, comment=comment)
+        done.add(item["task_id"])
+    return len(pending)

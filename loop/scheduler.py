@@ -1,0 +1,111 @@
+"""The scheduler: an APScheduler job that polls Label Studio and advances the round, one run at a time.
+
+Webhooks from Label Studio can be lost (delivered once, never retried), so the job also polls on a
+fixed interval; a webhook only makes the next poll come sooner. A file lock in the data directory
+keeps a second scheduler off the same project.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from loop import rounds
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another scheduler holds this project's lock."""
+
+
+class ProjectLock:
+    """An exclusive, non-blocking file lock; released when the process exits, even on kill -9."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.path.read_text().strip() or "another process"
+            raise AlreadyRunning(f"{self.path}: a scheduler ({holder}) already runs this project") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def tick(ctx: rounds.Context, on_step: Callable[[str], None] | None = None) -> list[str]:
+    """One scheduler run: advance until waiting; an error is logged and recorded on the round, then
+    retried at the next tick."""
+    try:
+        steps = rounds.run_until_waiting(ctx)
+    except Exception as exc:  # the next tick retries from the persisted state
+        current = ctx.ledger.current_round()
+        message = f"{type(exc).__name__}: {exc}"
+        if current is not None:
+            ctx.ledger.set_round_error(current["id"], message)
+        log.exception("round step failed; retrying at the next tick")
+        return [f"error: {message}"]
+    current = ctx.ledger.current_round()
+    if current is not None and current["error"]:
+        ctx.ledger.set_round_error(current["id"], None)
+    for step in steps:
+        if on_step:
+            on_step(step)
+    return steps
+
+
+class Scheduler:
+    """Runs `tick` every `poll_seconds` in a background thread, never two at once."""
+
+    def __init__(self, ctx: rounds.Context, on_step: Callable[[str], None] | None = None):
+        self.ctx = ctx
+        self.on_step = on_step
+        self.lock = ProjectLock(ctx.settings.data_dir / "scheduler.lock")
+        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._mutex = threading.Lock()
+
+    def _run(self) -> None:
+        with self._mutex:
+            tick(self.ctx, self.on_step)
+
+    def start(self) -> None:
+        self.lock.acquire()
+        self._scheduler.add_job(
+            self._run, "interval", seconds=self.ctx.settings.scheduler.poll_seconds, id="advance",
+            next_run_time=_now(),
+        )
+        self._scheduler.start()
+
+    def poke(self) -> None:
+        """Run the job now (e.g. after a webhook) instead of at the next interval."""
+        self._scheduler.modify_job("advance", next_run_time=_now())
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        self.lock.release()
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

@@ -1,0 +1,155 @@
+"""Start and stop what `labelloop run` needs: Label Studio, the ML backend, the project, the scheduler.
+
+A local Label Studio is started (in its own venv) unless `studio.url` points at an existing one; the
+ML backend runs as a child process over the same ledger (so `loop` never imports `ml_backend`),
+connected to the project, which also makes Label Studio send its webhooks there. Every process
+started here is stopped by `stop()`, in reverse order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from loop import localstudio
+from loop.config import Settings
+from loop.ingest import ingest
+from loop.rounds import Context
+from loop.store import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(RuntimeError):
+    """A service did not come up; the message says which and where its log is."""
+
+
+@dataclass
+class Services:
+    """Handles to everything `start` brought up."""
+
+    ctx: Context
+    studio_url: str
+    backend_url: str
+    local_studio: localstudio.LocalStudio | None = None
+    backend: subprocess.Popen | None = None
+    stopped: list[str] = field(default_factory=list)
+
+
+def ensure_pool(settings: Settings, ledger: Ledger) -> dict | None:
+    """Ingest the configured pool file when the ledger has no pool yet."""
+    if ledger.pool_count():
+        return None
+    p = settings.pool
+    return ingest(ledger, p.path, text_col=p.text_col, reference_col=p.reference_col, group_col=p.group_col)
+
+
+def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, what: str = "service") -> None:
+    """Poll `url` until it answers 200, the process dies, or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise ServiceError(f"{what} at {url} not ready after {timeout:.0f} s")
+
+
+def start_backend(settings: Settings, *, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """The ML backend as a child process over the effective settings; returns (process, url)."""
+    data_dir = settings.data_dir.resolve()
+    effective = data_dir / "effective-settings.json"
+    effective.write_text(json.dumps(settings.model_dump(mode="json"), indent=2))  # holds no secrets
+    host, port = settings.backend.host, settings.backend.port
+    log_path = data_dir / "backend.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ml_backend", "--config", str(effective), "--host", host, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent, env=os.environ.copy(),
+        )
+    url = f"http://{host}:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=timeout, proc=proc, what=f"ML backend (log: {log_path})")
+    except ServiceError:
+        _terminate(proc)
+        raise
+    return proc, url
+
+
+def _terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def connect_project(ctx: Context, backend_url: str) -> int:
+    """Create or reuse the Label Studio project, remember it in the ledger, connect the backend."""
+    s = ctx.settings
+    stored = ctx.ledger.get_meta("project_id")
+    wanted = s.studio.project_id or (int(stored) if stored else None)
+    project_id = ctx.studio.ensure_project(
+        s.studio.project_title, s.label_config_path.read_text(encoding="utf-8"), wanted
+    )
+    ctx.ledger.set_meta("project_id", str(project_id))
+    ctx.studio.connect_backend(project_id, s.backend.public_url or backend_url)
+    ctx.project_id = project_id
+    return project_id
+
+
+def start(settings: Settings, *, progress: bool = True) -> Services:
+    """Bring everything up; on failure, stop what already started and raise."""
+    from loop.studio import Studio
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(settings.ledger_path)
+    ensure_pool(settings, ledger)
+    local = None
+    backend = None
+    try:
+        if settings.studio.url:
+            key = settings.label_studio_api_key
+            if key is None:
+                raise ServiceError(
+                    f"studio.url is {settings.studio.url} but LABEL_STUDIO_API_KEY is not set in the environment"
+                )
+            studio_url, api_key = settings.studio.url, key.get_secret_value()
+        else:
+            local = localstudio.start(settings.data_dir / "label-studio", port=settings.studio.port)
+            studio_url, api_key = local.url, local.token
+        backend, backend_url = start_backend(settings)
+        ctx = Context(settings, ledger, Studio(studio_url, api_key), progress=progress)
+        connect_project(ctx, backend_url)
+    except BaseException:
+        if backend is not None:
+            _terminate(backend)
+        if local is not None:
+            localstudio.stop(local)
+        raise
+    return Services(ctx, studio_url, backend_url, local, backend)
+
+
+def stop(services: Services) -> None:
+    """Stop the backend, then Label Studio (only what `start` started)."""
+    if services.backend is not None:
+        _terminate(services.backend)
+        services.stopped.append("backend")
+    if services.local_studio is not None:
+        localstudio.stop(services.local_studio)
+        services.stopped.append("label-studio")

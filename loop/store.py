@@ -1,0 +1,538 @@
+"""The ledger: one SQLite file holding the loop's whole state; the only module that knows table names.
+
+Pool items, embeddings, clusters, interim scores, rounds and their batch items, Label Studio task ids,
+teacher outputs (a cache keyed by prompt hash), verifications, learner versions, metrics and webhook
+events. Every write that must be all-or-nothing runs in one transaction. Connections are per thread
+(Flask threads and the scheduler share a file, not a connection); WAL mode lets readers run beside
+the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+ROUND_STATES = ("selected", "distilled", "imported", "verifying", "training", "done")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS pool (
+    id INTEGER PRIMARY KEY,
+    text TEXT NOT NULL,
+    reference TEXT,
+    subgroup TEXT,
+    norm TEXT NOT NULL UNIQUE,
+    source TEXT,
+    line INTEGER,
+    ingested_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    pool_id INTEGER PRIMARY KEY REFERENCES pool(id),
+    model TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    pool_id INTEGER PRIMARY KEY REFERENCES pool(id),
+    cluster INTEGER NOT NULL,
+    clustering TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    pool_id INTEGER NOT NULL REFERENCES pool(id),
+    learner_version TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    interim TEXT NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (pool_id, learner_version, scorer)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    budget INTEGER NOT NULL,
+    learner_version TEXT NOT NULL,
+    project_id INTEGER,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    round_id INTEGER NOT NULL REFERENCES rounds(id),
+    pool_id INTEGER NOT NULL REFERENCES pool(id),
+    cluster INTEGER NOT NULL,
+    score REAL NOT NULL,
+    interim TEXT,
+    prompt_key TEXT,
+    draft TEXT,
+    teacher_error TEXT,
+    task_id INTEGER,
+    PRIMARY KEY (round_id, pool_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS batch_items_pool ON batch_items(pool_id);
+CREATE INDEX IF NOT EXISTS batch_items_task ON batch_items(task_id);
+CREATE TABLE IF NOT EXISTS teacher_cache (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    template TEXT NOT NULL,
+    output TEXT NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verifications (
+    annotation_id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL,
+    round_id INTEGER NOT NULL,
+    pool_id INTEGER NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('accept', 'edit', 'reject')),
+    target TEXT,
+    draft TEXT,
+    comment TEXT,
+    annotator TEXT,
+    updated_at TEXT,
+    synced_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    version TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    parent TEXT,
+    round_id INTEGER,
+    pairs INTEGER NOT NULL,
+    metrics TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    action TEXT,
+    project_id INTEGER,
+    task_id INTEGER,
+    annotation_id INTEGER,
+    processed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def now() -> str:
+    """UTC timestamp in ISO 8601, second precision: what every *_at column holds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Ledger:
+    """The loop's state in one SQLite file; create with `Ledger(path)` (idempotent)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        # executescript commits on its own; every statement in it is idempotent
+        self.db.conn.executescript(_SCHEMA)
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+            )
+
+    # --- connections -------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: all of it lands or none of it does."""
+        conn = self.db.conn
+        if conn.in_transaction:  # nested: join the outer one
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        cur = self.db.conn.execute(sql, list(params))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def _value(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = self.db.conn.execute(sql, list(params)).fetchone()
+        return row[0] if row else None
+
+    # --- meta ----------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        value = self._value("SELECT value FROM meta WHERE key = ?", [key])
+        return default if value is None else value
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [key, value])
+
+    # --- pool ----------------------------------------------------------------------------------
+    def add_pool(self, rows: list[dict]) -> tuple[int, int]:
+        """Insert pool rows (text, reference, subgroup, norm, source, line) in one transaction.
+
+        Returns (added, duplicates): rows whose normalised text is already stored are skipped.
+        """
+        stamp = now()
+        added = 0
+        with self.transaction() as conn:
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO pool(text, reference, subgroup, norm, source, line, ingested_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [row["text"], row.get("reference"), row.get("subgroup"), row["norm"],
+                     row.get("source"), row.get("line"), stamp],
+                )
+                added += cur.rowcount
+        return added, len(rows) - added
+
+    def pool_count(self) -> int:
+        return self._value("SELECT count(*) FROM pool")
+
+    def pool_items(self, ids: Iterable[int] | None = None) -> list[dict]:
+        """Pool rows by id (in the given order), or all rows by id."""
+        if ids is None:
+            return self._rows("SELECT id, text, reference, subgroup FROM pool ORDER BY id")
+        ids = list(ids)
+        by_id = {
+            r["id"]: r
+            for chunk in _chunks(ids, 900)
+            for r in self._rows(
+                f"SELECT id, text, reference, subgroup FROM pool WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+        }
+        return [by_id[i] for i in ids if i in by_id]
+
+    def unsent_pool_ids(self) -> list[int]:
+        """Pool ids never placed in any round's batch: the candidates for selection."""
+        return [
+            r[0]
+            for r in self.db.conn.execute(
+                "SELECT id FROM pool WHERE id NOT IN (SELECT pool_id FROM batch_items) ORDER BY id"
+            )
+        ]
+
+    # --- embeddings and clusters ---------------------------------------------------------------
+    def ids_without_embedding(self, model: str) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.conn.execute(
+                "SELECT id FROM pool WHERE id NOT IN (SELECT pool_id FROM embeddings WHERE model = ?)"
+                " ORDER BY id",
+                [model],
+            )
+        ]
+
+    def put_embeddings(self, model: str, ids: list[int], vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO embeddings(pool_id, model, dim, vector) VALUES (?, ?, ?, ?)",
+                [(i, model, vectors.shape[1], v.tobytes()) for i, v in zip(ids, vectors, strict=True)],
+            )
+
+    def embeddings(self, model: str) -> tuple[list[int], np.ndarray]:
+        """All stored embeddings of one model as (pool ids, matrix)."""
+        rows = self.db.conn.execute(
+            "SELECT pool_id, dim, vector FROM embeddings WHERE model = ? ORDER BY pool_id", [model]
+        ).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        matrix = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
+        return [r[0] for r in rows], matrix
+
+    def put_clusters(self, clustering: str, ids: list[int], labels: Iterable[int]) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM clusters")
+            conn.executemany(
+                "INSERT INTO clusters(pool_id, cluster, clustering) VALUES (?, ?, ?)",
+                [(i, int(c), clustering) for i, c in zip(ids, labels, strict=True)],
+            )
+
+    def clusters(self) -> dict[int, int]:
+        return dict(self.db.conn.execute("SELECT pool_id, cluster FROM clusters").fetchall())
+
+    def clustering_id(self) -> str | None:
+        return self._value("SELECT clustering FROM clusters LIMIT 1")
+
+    # --- interim outputs and scores ------------------------------------------------------------
+    def ids_without_score(self, learner_version: str, scorer: str, ids: list[int]) -> list[int]:
+        have = {
+            r[0]
+            for r in self.db.conn.execute(
+                "SELECT pool_id FROM scores WHERE learner_version = ? AND scorer = ?", [learner_version, scorer]
+            )
+        }
+        return [i for i in ids if i not in have]
+
+    def put_scores(
+        self, learner_version: str, scorer: str, ids: list[int], interims: list[str], scores: list[float]
+    ) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO scores(pool_id, learner_version, scorer, interim, score)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (i, learner_version, scorer, y, float(s))
+                    for i, y, s in zip(ids, interims, scores, strict=True)
+                ],
+            )
+
+    def scores(self, learner_version: str, scorer: str) -> dict[int, tuple[str, float]]:
+        return {
+            r[0]: (r[1], r[2])
+            for r in self.db.conn.execute(
+                "SELECT pool_id, interim, score FROM scores WHERE learner_version = ? AND scorer = ?",
+                [learner_version, scorer],
+            )
+        }
+
+    # --- rounds --------------------------------------------------------------------------------
+    def create_round(
+        self, *, strategy: str, budget: int, learner_version: str, items: list[dict]
+    ) -> int:
+        """A new round in state `selected` with its batch (pool_id, cluster, score, interim), atomically."""
+        stamp = now()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO rounds(state, strategy, budget, learner_version, created_at, updated_at)"
+                " VALUES ('selected', ?, ?, ?, ?, ?)",
+                [strategy, budget, learner_version, stamp, stamp],
+            )
+            round_id = cur.lastrowid
+            conn.executemany(
+                "INSERT INTO batch_items(round_id, pool_id, cluster, score, interim) VALUES (?, ?, ?, ?, ?)",
+                [(round_id, it["pool_id"], it["cluster"], it["score"], it.get("interim")) for it in items],
+            )
+        return round_id
+
+    def current_round(self) -> dict | None:
+        """The newest round, whatever its state."""
+        rows = self._rows("SELECT * FROM rounds ORDER BY id DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    def get_round(self, round_id: int) -> dict | None:
+        rows = self._rows("SELECT * FROM rounds WHERE id = ?", [round_id])
+        return rows[0] if rows else None
+
+    def rounds(self) -> list[dict]:
+        return self._rows("SELECT * FROM rounds ORDER BY id")
+
+    def set_round_state(self, round_id: int, state: str, *, expect: str | None = None, **fields: Any) -> None:
+        """Move a round to `state`; with `expect`, only from that state (a stale step raises)."""
+        if state not in ROUND_STATES:
+            raise ValueError(f"unknown round state {state!r}; expected one of {ROUND_STATES}")
+        sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
+        params = [state, now(), *fields.values(), round_id]
+        sql = f"UPDATE rounds SET {sets} WHERE id = ?"
+        if expect is not None:
+            sql += " AND state = ?"
+            params.append(expect)
+        with self.transaction() as conn:
+            if conn.execute(sql, params).rowcount != 1:
+                raise RuntimeError(f"round {round_id}: cannot move to {state!r} (expected state {expect!r})")
+
+    def set_round_error(self, round_id: int, error: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE rounds SET error = ?, updated_at = ? WHERE id = ?", [error, now(), round_id])
+
+    def batch(self, round_id: int) -> list[dict]:
+        """The round's batch items joined with their pool text, in selection order."""
+        return self._rows(
+            "SELECT b.*, p.text, p.reference, p.subgroup FROM batch_items b JOIN pool p ON p.id = b.pool_id"
+            " WHERE b.round_id = ? ORDER BY b.cluster, b.score DESC, b.pool_id",
+            [round_id],
+        )
+
+    def set_drafts(self, round_id: int, drafts: dict[int, tuple[str | None, str | None, str | None]]) -> None:
+        """pool_id -> (prompt_key, draft, error) for a round's batch items."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE batch_items SET prompt_key = ?, draft = ?, teacher_error = ?"
+                " WHERE round_id = ? AND pool_id = ?",
+                [(k, d, e, round_id, pid) for pid, (k, d, e) in drafts.items()],
+            )
+
+    def set_task_ids(self, round_id: int, task_ids: dict[int, int]) -> None:
+        """pool_id -> Label Studio task id for a round's batch items."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE batch_items SET task_id = ? WHERE round_id = ? AND pool_id = ?",
+                [(t, round_id, pid) for pid, t in task_ids.items()],
+            )
+
+    def item_by_task(self, task_id: int) -> dict | None:
+        rows = self._rows(
+            "SELECT b.*, p.text, p.reference FROM batch_items b JOIN pool p ON p.id = b.pool_id"
+            " WHERE b.task_id = ?",
+            [task_id],
+        )
+        return rows[0] if rows else None
+
+    def item_by_key(self, round_id: int, pool_id: int) -> dict | None:
+        rows = self._rows(
+            "SELECT b.*, p.text, p.reference FROM batch_items b JOIN pool p ON p.id = b.pool_id"
+            " WHERE b.round_id = ? AND b.pool_id = ?",
+            [round_id, pool_id],
+        )
+        return rows[0] if rows else None
+
+    # --- teacher cache -------------------------------------------------------------------------
+    def cached_outputs(self, keys: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(keys, 900):
+            out.update(
+                self.db.conn.execute(
+                    f"SELECT key, output FROM teacher_cache WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+            )
+        return out
+
+    def cache_output(
+        self, key: str, *, model: str, template: str, output: str,
+        prompt_tokens: int | None = None, completion_tokens: int | None = None,
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO teacher_cache(key, model, template, output, prompt_tokens,"
+                " completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [key, model, template, output, prompt_tokens, completion_tokens, now()],
+            )
+
+    # --- verifications -------------------------------------------------------------------------
+    def record_verifications(self, rows: list[dict]) -> int:
+        """Upsert verifications by annotation id (latest updated_at wins); returns how many changed."""
+        changed = 0
+        stamp = now()
+        with self.transaction() as conn:
+            for r in rows:
+                old = conn.execute(
+                    "SELECT updated_at, verdict, target FROM verifications WHERE annotation_id = ?",
+                    [r["annotation_id"]],
+                ).fetchone()
+                if old is not None and (old[0], old[1], old[2]) == (r["updated_at"], r["verdict"], r["target"]):
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO verifications(annotation_id, task_id, round_id, pool_id, verdict,"
+                    " target, draft, comment, annotator, updated_at, synced_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [r["annotation_id"], r["task_id"], r["round_id"], r["pool_id"], r["verdict"], r["target"],
+                     r.get("draft"), r.get("comment"), r.get("annotator"), r["updated_at"], stamp],
+                )
+                changed += 1
+        return changed
+
+    def verifications(self, round_id: int | None = None) -> list[dict]:
+        sql = "SELECT * FROM verifications"
+        params: list[Any] = []
+        if round_id is not None:
+            sql += " WHERE round_id = ?"
+            params.append(round_id)
+        return self._rows(sql + " ORDER BY annotation_id", params)
+
+    def verified_pairs(self) -> list[tuple[str, str]]:
+        """(source, target) for every accepted or edited item; one pair per pool item (latest annotation)."""
+        rows = self.db.conn.execute(
+            "SELECT p.text, v.target FROM verifications v JOIN pool p ON p.id = v.pool_id"
+            " WHERE v.verdict IN ('accept', 'edit') AND v.annotation_id = ("
+            "   SELECT max(annotation_id) FROM verifications v2 WHERE v2.pool_id = v.pool_id)"
+            " ORDER BY v.pool_id"
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def round_progress(self, round_id: int) -> dict:
+        """Counts for one round: selected, distilled, failed, imported, verified, and verdicts."""
+        row = self.db.conn.execute(
+            "SELECT count(*), count(draft), count(teacher_error), count(task_id),"
+            " count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM verifications v WHERE v.round_id = b.round_id"
+            "   AND v.pool_id = b.pool_id) THEN b.pool_id END)"
+            " FROM batch_items b WHERE round_id = ?",
+            [round_id],
+        ).fetchone()
+        verdicts = dict(
+            self.db.conn.execute(
+                "SELECT verdict, count(DISTINCT pool_id) FROM verifications WHERE round_id = ? GROUP BY verdict",
+                [round_id],
+            ).fetchall()
+        )
+        return {
+            "selected": row[0], "distilled": row[1], "failed": row[2], "imported": row[3], "verified": row[4],
+            "accept": verdicts.get("accept", 0), "edit": verdicts.get("edit", 0),
+            "reject": verdicts.get("reject", 0),
+        }
+
+    # --- learner versions ----------------------------------------------------------------------
+    def add_model_version(
+        self, version: str, *, path: str, parent: str | None, round_id: int | None, pairs: int, metrics: dict
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO model_versions(version, path, parent, round_id, pairs, metrics, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [version, path, parent, round_id, pairs, json.dumps(metrics, sort_keys=True), now()],
+            )
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('learner_version', ?)", [version])
+
+    def model_versions(self) -> list[dict]:
+        rows = self._rows("SELECT * FROM model_versions ORDER BY created_at, version")
+        for r in rows:
+            r["metrics"] = json.loads(r["metrics"] or "{}")
+        return rows
+
+    def current_model(self) -> dict | None:
+        version = self.get_meta("learner_version")
+        if version is None:
+            return None
+        rows = self._rows("SELECT * FROM model_versions WHERE version = ?", [version])
+        return rows[0] if rows else None
+
+    # --- webhook events ------------------------------------------------------------------------
+    def record_event(self, action: str | None, project_id: int | None, task_id: int | None,
+                     annotation_id: int | None) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO events(received_at, action, project_id, task_id, annotation_id) VALUES (?, ?, ?, ?, ?)",
+                [now(), action, project_id, task_id, annotation_id],
+            )
+            return cur.lastrowid
+
+    def pending_events(self) -> int:
+        return self._value("SELECT count(*) FROM events WHERE processed = 0")
+
+    def mark_events_processed(self) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE events SET processed = 1 WHERE processed = 0")
+
+
+def _chunks(seq: list, size: int) -> Iterator[list]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
