@@ -18,7 +18,7 @@ import numpy as np
 
 from loop import cluster as cluster_mod
 from loop import embed as embed_mod
-from loop import learner, teacher
+from loop import teacher
 from loop.config import Settings
 from loop.scorer import get_scorer
 from loop.select import STRATEGIES
@@ -99,6 +99,8 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
     s, ledger = ctx.settings, ctx.ledger
     todo = ledger.ids_without_score(model["version"], s.scorer.kind, ids)
     if todo:
+        from loop import learner  # torch loads only where a learner runs (not in the web backend)
+
         items = ledger.pool_items(todo)
         log.info("learner %s writes interim outputs for %d items", model["version"], len(items))
         outputs = learner.generate(
@@ -137,25 +139,11 @@ def select_round(ctx: Context) -> int | None:
     return round_id
 
 
-def make_teacher(settings: Settings) -> teacher.Teacher:
-    """The configured teacher: the OpenAI-compatible client when a key is set, else the reference column."""
-    if settings.teacher_kind() == "openai":
-        key = settings.openai_api_key
-        if key is None:
-            raise RuntimeError("teacher.kind is 'openai' but OPENAI_API_KEY is not set in the environment")
-        t = settings.teacher
-        return teacher.OpenAITeacher(
-            model=t.model, api_key=key.get_secret_value(), base_url=t.base_url, temperature=t.temperature,
-            max_tokens=t.max_tokens, concurrency=t.concurrency, timeout=t.timeout,
-        )
-    return teacher.ReferenceTeacher()
-
-
 def distill_round(ctx: Context, round_id: int) -> dict:
     """Teacher outputs for the round's batch (cached ones cost nothing)."""
     s = ctx.settings
     template = teacher.load_template(s.task, s.teacher.template)
-    t = make_teacher(s)
+    t = teacher.from_settings(s)
     batch = ctx.ledger.batch(round_id)
     todo = [b for b in batch if b["draft"] is None]
     results = teacher.distill(ctx.ledger, t, template, todo)
@@ -209,6 +197,8 @@ def train_round(ctx: Context, round_id: int) -> str:
     if not pairs:
         log.info("round %d: no accepted or edited pairs; the learner stays %s", round_id, parent["version"])
         return parent["version"]
+    from loop import learner
+
     version = _next_version(ledger)
     out = Path(s.models_dir) / version
     metrics = learner.fine_tune(

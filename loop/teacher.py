@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loop.config import Settings
 from loop.store import Ledger
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,20 @@ class ReferenceTeacher:
 
 
 Teacher = OpenAITeacher | ReferenceTeacher
+
+
+def from_settings(settings: Settings) -> Teacher:
+    """The configured teacher: the OpenAI-compatible client when a key is set, else the reference column."""
+    if settings.teacher_kind() == "openai":
+        key = settings.openai_api_key
+        if key is None:
+            raise RuntimeError("teacher.kind is 'openai' but OPENAI_API_KEY is not set in the environment")
+        t = settings.teacher
+        return OpenAITeacher(
+            model=t.model, api_key=key.get_secret_value(), base_url=t.base_url, temperature=t.temperature,
+            max_tokens=t.max_tokens, concurrency=t.concurrency, timeout=t.timeout,
+        )
+    return ReferenceTeacher()
 
 
 def prompt_key(teacher: Teacher, template: Template, prompt: str, system: str) -> str:

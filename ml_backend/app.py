@@ -14,7 +14,7 @@ from flask import Flask, jsonify, request
 
 from loop import teacher as teacher_mod
 from loop.config import Settings
-from loop.rounds import make_teacher, parse_task_key
+from loop.rounds import parse_task_key
 from loop.store import Ledger
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
         if not isinstance(text, str) or not text.strip():
             return None, "no-text"
         template = teacher_mod.load_template(settings.task, settings.teacher.template)
-        t = make_teacher(settings)
+        t = teacher_mod.from_settings(settings)
         item = {"pool_id": -1, "text": text, "reference": (task.get("data") or {}).get("reference")}
         _, draft, _ = teacher_mod.distill(ledger, t, template, [item])[-1]
         return draft, f"{t.name}|{template.name}@{template.version}"

@@ -1,0 +1,96 @@
+"""The ML backend over real HTTP on 127.0.0.1: health, setup, predict from the ledger, webhook."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from loop.config import load_settings
+from loop.store import Ledger
+from ml_backend.app import create_app
+
+
+@contextmanager
+def serve(app) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@pytest.fixture
+def backend(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings = load_settings(data_dir=str(tmp_path))
+    ledger = Ledger(settings.ledger_path)
+    ledger.add_pool([{"text": f"text {i}", "norm": f"text {i}", "reference": f"ref {i}"} for i in range(3)])
+    rid = ledger.create_round(
+        strategy="stratified", budget=2, learner_version="v0",
+        items=[{"pool_id": 1, "cluster": 0, "score": 0.8}, {"pool_id": 2, "cluster": 1, "score": 0.4}],
+    )
+    ledger.set_drafts(rid, {1: ("k1", "draft one", None), 2: ("k2", "draft two", None)})
+    ledger.set_task_ids(rid, {1: 101, 2: 102})
+    ledger.set_meta(f"round:{rid}:model_version", "reference|style_transfer@1")
+    with serve(create_app(settings, ledger)) as url:
+        yield url, ledger
+
+
+def texts(results):
+    return [r["result"][0]["value"]["text"][0] if r["result"] else None for r in results]
+
+
+def test_health_and_setup_answer_the_learner_version(backend):
+    url, ledger = backend
+    assert requests.get(f"{url}/health", timeout=5).json()["status"] == "UP"
+    setup = requests.post(f"{url}/setup", json={"project": "1.2026", "schema": "<View/>",
+                                                "access_token": "secret-token"}, timeout=5)
+    assert setup.status_code == 200 and setup.json() == {"model_version": "learner-v0"}
+    ledger.add_model_version("v3", path="p", parent=None, round_id=None, pairs=1, metrics={})
+    assert requests.post(f"{url}/setup", json={}, timeout=5).json() == {"model_version": "learner-v3"}
+
+
+def test_predict_serves_stored_drafts_one_per_task_in_order(backend):
+    url, _ = backend
+    tasks = [{"id": 102, "data": {"text": "text 1"}}, {"id": 101, "data": {"text": "text 0"}},
+             {"id": 999, "data": {"text": "unknown", "labelloop_key": "r1-p1"}}]
+    reply = requests.post(f"{url}/predict", json={"tasks": tasks}, timeout=5).json()
+    assert texts(reply["results"]) == ["draft two", "draft one", "draft one"]
+    assert reply["results"][0]["score"] == pytest.approx(0.4)
+    assert reply["results"][0]["model_version"] == "reference|style_transfer@1"
+    assert reply["results"][0]["result"][0]["from_name"] == "response"
+
+
+def test_predict_on_a_miss_asks_the_teacher_once(backend):
+    url, ledger = backend
+    task = {"id": 555, "data": {"text": "never seen", "reference": "a rewrite"}}
+    reply = requests.post(f"{url}/predict", json={"tasks": [task, {"id": 556, "data": {}}]}, timeout=5).json()
+    assert texts(reply["results"]) == ["a rewrite", None]
+    assert len(reply["results"]) == 2
+
+
+def test_webhook_records_the_event_and_answers_at_once(backend):
+    url, ledger = backend
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "task": {"id": 101}, "annotation": {"id": 5}}
+    assert requests.post(f"{url}/webhook", json=event, timeout=5).status_code == 201
+    assert requests.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": 7}, timeout=5).ok
+    assert ledger.pending_events() == 2
+
+
+@pytest.mark.parametrize(
+    "route, payload",
+    [("/predict", b"not json"), ("/predict", b'{"tasks": "x"}'), ("/predict", b'{"tasks": [1]}'),
+     ("/webhook", b"[1, 2]"), ("/setup", b"")],
+)
+def test_malformed_requests_get_a_json_400(backend, route, payload):
+    url, _ = backend
+    reply = requests.post(f"{url}{route}", data=payload, headers={"Content-Type": "application/json"}, timeout=5)
+    assert reply.status_code == 400 and "error" in reply.json()
