@@ -1,0 +1,10 @@
+"""WSGI entry point for gunicorn: `gunicorn ml_backend.wsgi:app` (settings from LABELLOOP_CONFIG + env)."""
+
+from __future__ import annotations
+
+import os
+
+from loop.config import load_settings
+from ml_backend.app import create_app
+
+app = create_app(load_settings(os.environ.get("LABELLOOP_CONFIG") or None))
