@@ -162,7 +162,10 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float) -> No
         console.rule("labelloop is running")
         console.print(f"Label Studio  {services.studio_url}/projects/{ctx.project_id}")
         if services.local_studio is not None:
-            console.print(f"  login       {services.local_studio.username} / {services.local_studio.password}")
+            local = services.local_studio
+            # the password goes to an interactive terminal only, never into a redirected log
+            secret = local.password if sys.stdout.isatty() else f"(in {local.data_dir / 'credentials.json'})"
+            console.print(f"  login       {local.username} / {secret}")
         console.print(f"ML backend    {services.backend_url}")
         console.print(f"ledger        {settings.ledger_path}")
         console.print("Ctrl-C stops everything; the next run resumes where the ledger says it was.")

@@ -1,0 +1,587 @@
+"""Everything that talks to Label Studio (label-studio 1.23.x through label-studio-sdk 2.1.x).
+
+This is the only module of the project that imports label_studio_sdk. It covers project setup, the
+idempotent bulk import of a batch with its pre-annotations (predictions), reading the annotators'
+verdicts back, simulated annotations, the ML-backend connection and the webhook.
+
+Task data at import: ``{"text", "draft", "labelloop_key", **meta}``; the prediction pre-fills the
+``response`` TextArea with the draft. An annotation carries the final ``response`` text, a ``verdict``
+choice (accept / edit / reject) and an optional ``comment`` (see label_config/*.xml).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.label_interface import LabelInterface
+
+log = logging.getLogger(__name__)
+
+FROM_RESPONSE = "response"
+FROM_VERDICT = "verdict"
+FROM_COMMENT = "comment"
+TO_NAME = "source"
+KEY_FIELD = "labelloop_key"
+RESERVED_DATA_FIELDS = ("text", "draft", KEY_FIELD)
+VERDICTS = ("accept", "edit", "reject")
+WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+PAGE_SIZE = 1000
+IMPORT_TIMEOUT_S = 600.0  # 10,000 tasks import in about 8 s; leave room for big batches
+NO_RETRY = {"max_retries": 0}  # writes that must not be repeated blindly (import, annotation)
+
+
+_ANNOTATION_INCLUDE = "id,data,annotations,result,completed_by,was_cancelled,created_at,updated_at"
+
+
+class _SlimListingIncomplete(Exception):
+    pass
+
+
+class StudioError(RuntimeError):
+    """A Label Studio call failed. Carries the HTTP status (None when the server was unreachable) and
+    what was being done; never the API key."""
+
+    def __init__(self, what: str, status: int | None = None, detail: str = ""):
+        self.what = what
+        self.status = status
+        self.detail = detail
+        where = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"Label Studio: {what} failed ({where}){': ' + detail if detail else ''}")
+
+
+@dataclass(frozen=True)
+class Annotation:
+    annotation_id: int
+    task_id: int
+    key: str
+    verdict: str  # "accept" | "edit" | "reject"
+    text: str
+    draft: str
+    comment: str | None
+    annotator: str | None
+    updated_at: str
+
+
+def _norm(s: str | None) -> str:
+    return " ".join((s or "").split())
+
+
+def parse_verdict(choice: str | None, text: str, draft: str) -> str:
+    """reject if the annotator chose reject; edit if the final text differs from the draft
+    (whitespace-normalised) whatever was chosen; else accept."""
+    if (choice or "").strip().lower() == "reject":
+        return "reject"
+    if _norm(text) != _norm(draft):
+        return "edit"
+    return "accept"
+
+
+def _detail(body: Any, limit: int = 500) -> str:
+    if isinstance(body, dict):
+        parts = []
+        for k in ("detail", "validation_errors", "message", "non_field_errors"):
+            if body.get(k):
+                parts.append(f"{k}: {body[k]}")
+        text = "; ".join(parts) if parts else json.dumps(body, default=str)
+    else:
+        text = str(body) if body is not None else ""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextmanager
+def _calling(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ApiError as exc:
+        raise StudioError(what, exc.status_code, _detail(exc.body)) from None
+    except httpx.HTTPError as exc:
+        raise StudioError(what, None, f"{type(exc).__name__}: {exc}") from None
+
+
+def _plain(value: Any, where: str) -> Any:
+    """JSON-safe copy of task metadata (numpy scalars and arrays included)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: non-finite number {value!r}")
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar / array
+        return _plain(value.tolist(), where)
+    raise ValueError(f"{where}: value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _textarea_text(item: dict) -> str:
+    texts = (item.get("value") or {}).get("text") or []
+    if isinstance(texts, str):
+        return texts
+    return "\n".join(str(t) for t in texts)
+
+
+def _region_id() -> str:
+    return secrets.token_urlsafe(8)[:10]
+
+
+def prediction_result(draft: str) -> list[dict]:
+    """The pre-annotation: the response TextArea filled with the draft."""
+    return [
+        {
+            "from_name": FROM_RESPONSE,
+            "to_name": TO_NAME,
+            "type": "textarea",
+            "value": {"text": [draft]},
+        }
+    ]
+
+
+def check_label_config(label_config: str) -> None:
+    """Raise ValueError unless the config has what labelloop reads and writes: a ``source`` object, a
+    ``response`` TextArea a prediction can fill, and a ``verdict`` Choices with accept / edit / reject."""
+    try:
+        li = LabelInterface(label_config)
+    except Exception as exc:  # the SDK raises assorted parser errors
+        raise ValueError(f"label config does not parse: {exc}") from None
+    objects = {o.name for o in li.objects}
+    controls = {c.name: c for c in li.controls}
+    if TO_NAME not in objects:
+        raise ValueError(f"label config lacks the object tag named {TO_NAME!r}")
+    for name in (FROM_RESPONSE, FROM_VERDICT):
+        if name not in controls:
+            raise ValueError(f"label config lacks the control tag named {name!r}")
+    labels = set(getattr(controls[FROM_VERDICT], "labels", None) or [])
+    if not set(VERDICTS) <= labels:
+        raise ValueError(f"the {FROM_VERDICT!r} choices must include {list(VERDICTS)}, found {sorted(labels)}")
+    errors = li.validate_prediction({"result": prediction_result("draft")}, return_errors=True)
+    if errors:
+        raise ValueError(f"a draft prediction does not fit the label config: {errors}")
+
+
+class Studio:
+    """A thin client over label-studio-sdk for one Label Studio server.
+
+    api_key may be a legacy token or a personal access token (a JWT refresh token; the SDK exchanges
+    it for short-lived access tokens itself). base_url is always passed explicitly: the SDK reads
+    LABEL_STUDIO_API_KEY at import time and defaults to localhost:8000 otherwise."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 60.0):
+        if not url or not api_key:
+            raise StudioError("connect", None, "a Label Studio url and api key are required")
+        self.url = url.rstrip("/")
+        with _calling("connect (api key check)"):
+            self._ls = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+        self._users: dict[int, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Studio(url={self.url!r})"
+
+    # ------------------------------------------------------------------ projects
+
+    def ensure_project(self, title: str, label_config: str, project_id: int | None = None) -> int:
+        """Reuse project_id if it exists, else a project with this exact title, else create it."""
+        if project_id is not None:
+            try:
+                with _calling(f"get project {project_id}"):
+                    project = self._ls.projects.get(id=project_id)
+                self._warn_if_config_differs(project, label_config)
+                return int(project.id)
+            except StudioError as exc:
+                if exc.status != 404:
+                    raise
+                log.warning("project %s not found; looking for a project titled %r", project_id, title)
+        for project in self._projects_titled(title):
+            self._warn_if_config_differs(project, label_config)
+            return int(project.id)
+        with _calling(f"create project {title!r}"):
+            project = self._ls.projects.create(
+                title=title,
+                label_config=label_config,
+                show_collab_predictions=True,  # the draft is in the editable box when the task opens
+            )
+        log.info("created Label Studio project %s (%r)", project.id, title)
+        return int(project.id)
+
+    def _projects_titled(self, title: str) -> list[Any]:
+        found = []
+        page = 1
+        while True:
+            with _calling(f"list projects titled {title!r}"):
+                pager = self._ls.projects.list(title=title, page=page, page_size=100, ordering="id")
+            items = pager.items or []
+            found.extend(p for p in items if p.title == title)
+            total = getattr(pager.response, "count", None)
+            if not items or total is None or page * 100 >= total:
+                return found
+            page += 1
+
+    @staticmethod
+    def _warn_if_config_differs(project: Any, label_config: str) -> None:
+        current = getattr(project, "label_config", None)
+        if current is not None and _norm(current) != _norm(label_config):
+            log.warning(
+                "project %s has a different label config than the one given; keeping the project's",
+                project.id,
+            )
+
+    def counts(self, project_id: int) -> dict:
+        """Project counters: task_number, finished_task_number, num_tasks_with_annotations,
+        total_annotations_number, skipped_annotations_number, total_predictions_number."""
+        with _calling(f"get project {project_id} counters"):
+            project = self._ls.projects.get(id=project_id)
+        fields = (
+            "task_number",
+            "finished_task_number",
+            "num_tasks_with_annotations",
+            "total_annotations_number",
+            "skipped_annotations_number",
+            "total_predictions_number",
+        )
+        return {f: int(getattr(project, f, None) or 0) for f in fields}
+
+    # ------------------------------------------------------------------ tasks
+
+    def _iter_tasks(self, project_id: int, what: str, *, query: dict | None = None, **kw) -> Iterator[Any]:
+        """All tasks of a project, page by page (ordered by id so that tasks added meanwhile land on
+        later pages), stopping at the reported total instead of running into the 404 past the end."""
+        q = dict(query or {})
+        q.setdefault("ordering", ["tasks:id"])
+        query_s = json.dumps(q)
+        page, seen = 1, 0
+        while True:
+            with _calling(f"{what} (project {project_id}, page {page})"):
+                pager = self._ls.tasks.list(project=project_id, page=page, page_size=PAGE_SIZE, query=query_s, **kw)
+            items = pager.items or []
+            yield from items
+            seen += len(items)
+            total = getattr(pager.response, "total", None)
+            if not items or len(items) < PAGE_SIZE or (total is not None and seen >= total):
+                return
+            page += 1
+
+    def existing_keys(self, project_id: int) -> dict[str, int]:
+        """labelloop_key -> task id for every task in the project (idempotent import)."""
+        keys: dict[str, int] = {}
+        for task in self._iter_tasks(project_id, "list task keys", fields="task_only", include="id,data"):
+            key = (task.data or {}).get(KEY_FIELD)
+            if key is not None:
+                keys.setdefault(str(key), int(task.id))
+        return keys
+
+    def import_batch(self, project_id: int, items: list[dict], model_version: str) -> dict[str, int]:
+        """Import the items whose key is not in the project yet, in one bulk call, each with its draft
+        as a prediction (score = the item's score); check the counts of the answer and re-attach
+        predictions the server dropped (it retries an import that met a SQLite lock WITHOUT its
+        predictions and still answers 201). Returns key -> task id for ALL items, old and new.
+
+        items: {"key": str, "text": str, "draft": str, "score": float, "meta": dict}."""
+        existing = self.existing_keys(project_id)
+        new: list[dict] = []
+        pending: set[str] = set()
+        for i, item in enumerate(items):
+            key = str(item["key"])
+            if key in existing or key in pending:
+                continue
+            pending.add(key)
+            new.append(self._task_payload(item, model_version, where=f"items[{i}] (key {key!r})"))
+
+        if new:
+            with _calling(f"import {len(new)} tasks into project {project_id}"):
+                resp = self._ls.projects.import_tasks(
+                    id=project_id,
+                    request=new,
+                    return_task_ids=True,
+                    commit_to_project=True,
+                    request_options={**NO_RETRY, "timeout": IMPORT_TIMEOUT_S},
+                )
+            task_ids = list(resp.task_ids or [])
+            if resp.task_count != len(new) or len(task_ids) != len(new):
+                raise StudioError(
+                    f"import {len(new)} tasks into project {project_id}",
+                    201,
+                    f"server reports {resp.task_count} tasks and {len(task_ids)} task ids",
+                )
+            for payload, task_id in zip(new, task_ids, strict=True):
+                existing[payload["data"][KEY_FIELD]] = int(task_id)
+            if (resp.prediction_count or 0) != len(new):
+                log.warning(
+                    "import into project %s kept %s of %d predictions; re-attaching the missing ones",
+                    project_id,
+                    resp.prediction_count,
+                    len(new),
+                )
+                self._reattach_predictions(project_id, new, task_ids)
+            log.info("imported %d new tasks into project %s", len(new), project_id)
+        return {str(item["key"]): existing[str(item["key"])] for item in items}
+
+    @staticmethod
+    def _task_payload(item: dict, model_version: str, where: str) -> dict:
+        meta = _plain(dict(item.get("meta") or {}), f"{where}.meta")
+        clash = [k for k in RESERVED_DATA_FIELDS if k in meta]
+        if clash:
+            raise ValueError(f"{where}: meta may not contain the reserved fields {clash}")
+        score = float(item["score"])
+        if not math.isfinite(score):
+            raise ValueError(f"{where}: non-finite score {item['score']!r}")
+        text, draft = str(item["text"]), str(item["draft"])
+        return {
+            "data": {"text": text, "draft": draft, KEY_FIELD: str(item["key"]), **meta},
+            "predictions": [{"model_version": model_version, "score": score, "result": prediction_result(draft)}],
+        }
+
+    def _tasks_without_predictions(self, project_id: int, task_ids: list[int]) -> set[int]:
+        # an id range, not the list of ids: a 10,000-id list would not fit in the request line
+        query = {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {
+                        "filter": "filter:tasks:id",
+                        "operator": "in",
+                        "type": "Number",
+                        "value": {"min": min(task_ids), "max": max(task_ids)},
+                    }
+                ],
+            }
+        }
+        missing = {int(t) for t in task_ids}
+        for task in self._iter_tasks(
+            project_id, "check predictions", query=query, fields="task_only", include="id,total_predictions"
+        ):
+            if (task.total_predictions or 0) > 0:
+                missing.discard(int(task.id))
+        return missing
+
+    def _reattach_predictions(self, project_id: int, payloads: list[dict], task_ids: list[int]) -> None:
+        missing = self._tasks_without_predictions(project_id, task_ids)
+        if not missing:
+            return
+        request = [
+            {"task": int(tid), **payload["predictions"][0]}
+            for payload, tid in zip(payloads, task_ids, strict=True)
+            if int(tid) in missing
+        ]
+        with _calling(f"re-attach {len(request)} predictions in project {project_id}"):
+            self._ls.projects.import_predictions(
+                id=project_id, request=request, request_options={**NO_RETRY, "timeout": IMPORT_TIMEOUT_S}
+            )
+        still = self._tasks_without_predictions(project_id, sorted(missing))
+        if still:
+            raise StudioError(
+                f"re-attach predictions in project {project_id}",
+                201,
+                f"{len(still)} tasks still have no prediction (e.g. task {min(still)})",
+            )
+
+    # ------------------------------------------------------------------ annotations
+
+    def _annotator_names(self) -> dict[int, str]:
+        if self._users is None:
+            with _calling("list users"):
+                users = self._ls.users.list()
+            self._users = {int(u.id): (u.email or u.username or str(u.id)) for u in users if u.id is not None}
+        return self._users
+
+    def _annotator(self, ann: dict) -> str | None:
+        uid = ann.get("completed_by")
+        if isinstance(uid, dict):  # some serializers expand the user
+            return uid.get("email") or (str(uid["id"]) if uid.get("id") is not None else None)
+        if uid is None:
+            return None
+        names = self._annotator_names()
+        if int(uid) not in names:
+            self._users = None  # a user added since the last look
+            names = self._annotator_names()
+        return names.get(int(uid), str(uid))
+
+    def completed_annotations(self, project_id: int) -> list[Annotation]:
+        """Every non-cancelled (not skipped) annotation of the tasks carrying a labelloop_key, parsed.
+        draft = the task's data draft."""
+        query = {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {
+                        "filter": "filter:tasks:total_annotations",
+                        "operator": "greater",
+                        "type": "Number",
+                        "value": 0,
+                    }
+                ],
+            }
+        }
+        # `include` trims the payload to what is read here: 1,000 annotated tasks list in about 1 s instead
+        # of 3.4 s (the easy export is as fast but writes a file into LS's data dir on every call). LS
+        # applies `include` to the nested annotations too, hence their fields in the list. Should a
+        # version stop returning them, the full listing is used instead.
+        try:
+            return self._read_annotations(project_id, query, include=_ANNOTATION_INCLUDE)
+        except _SlimListingIncomplete:
+            log.warning("trimmed task listing lacks annotation results; reading full tasks")
+            return self._read_annotations(project_id, query, include=None)
+
+    def _read_annotations(self, project_id: int, query: dict, include: str | None) -> list[Annotation]:
+        out: list[Annotation] = []
+        kw = {"include": include} if include else {}
+        for task in self._iter_tasks(project_id, "list annotated tasks", query=query, fields="all", **kw):
+            data = task.data or {}
+            key = data.get(KEY_FIELD)
+            if key is None:
+                continue
+            draft = str(data.get("draft") or "")
+            for ann in task.annotations or []:
+                if not isinstance(ann, dict):
+                    ann = ann.model_dump() if hasattr(ann, "model_dump") else dict(ann)
+                if include and "result" not in ann:
+                    raise _SlimListingIncomplete
+                if ann.get("was_cancelled"):
+                    continue
+                out.append(self._parse_annotation(ann, int(task.id), str(key), draft))
+        out.sort(key=lambda a: a.annotation_id)
+        return out
+
+    def _parse_annotation(self, ann: dict, task_id: int, key: str, draft: str) -> Annotation:
+        text: str | None = None
+        choice: str | None = None
+        comment: str | None = None
+        for item in ann.get("result") or []:
+            name = item.get("from_name")
+            if name == FROM_RESPONSE and item.get("type") == "textarea":
+                text = _textarea_text(item)
+            elif name == FROM_VERDICT:
+                choices = (item.get("value") or {}).get("choices") or []
+                choice = str(choices[0]) if choices else None
+            elif name == FROM_COMMENT:
+                comment = _textarea_text(item).strip() or None
+        final = draft if text is None else text
+        updated = ann.get("updated_at") or ann.get("created_at") or ""
+        return Annotation(
+            annotation_id=int(ann["id"]),
+            task_id=task_id,
+            key=key,
+            verdict=parse_verdict(choice, final, draft),
+            text=final,
+            draft=draft,
+            comment=comment,
+            annotator=self._annotator(ann),
+            updated_at=updated if isinstance(updated, str) else updated.isoformat(),
+        )
+
+    def annotate(self, task_id: int, *, verdict: str, text: str, comment: str | None = None) -> int:
+        """Create an annotation the way the UI would (the response region started from the task's
+        latest prediction, a verdict choice, an optional comment); used by simulated annotators."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+        with _calling(f"get task {task_id}"):
+            task = self._ls.tasks.get(id=str(task_id))
+        predictions = [p if isinstance(p, dict) else p.model_dump() for p in (task.predictions or [])]
+        parent = max((int(p["id"]) for p in predictions if p.get("id") is not None), default=None)
+        result = [
+            {
+                "id": _region_id(),
+                "from_name": FROM_RESPONSE,
+                "to_name": TO_NAME,
+                "type": "textarea",
+                "origin": "prediction" if parent is not None else "manual",
+                "value": {"text": [text]},
+            },
+            {
+                "id": _region_id(),
+                "from_name": FROM_VERDICT,
+                "to_name": TO_NAME,
+                "type": "choices",
+                "origin": "manual",
+                "value": {"choices": [verdict]},
+            },
+        ]
+        if comment:
+            result.append(
+                {
+                    "id": _region_id(),
+                    "from_name": FROM_COMMENT,
+                    "to_name": TO_NAME,
+                    "type": "textarea",
+                    "origin": "manual",
+                    "value": {"text": [comment]},
+                }
+            )
+        kwargs: dict[str, Any] = {"result": result, "lead_time": 1.0}
+        if parent is not None:
+            kwargs["parent_prediction"] = parent
+        with _calling(f"annotate task {task_id}"):
+            ann = self._ls.annotations.create(id=task_id, request_options=NO_RETRY, **kwargs)
+        return int(ann.id)
+
+    # ------------------------------------------------------------------ ML backend and webhook
+
+    def connect_backend(self, project_id: int, url: str, title: str = "labelloop") -> int:
+        """Idempotent: reuse an ML backend with this url on the project, else create it. Label Studio
+        calls the backend's /health and /setup while connecting, so it must be running already; it
+        also adds a webhook to <url>/webhook for all actions by itself."""
+        want = url.rstrip("/")
+        with _calling(f"list ML backends of project {project_id}"):
+            backends = self._ls.ml.list(project=project_id)
+        for backend in backends:
+            if backend.url.rstrip("/") == want and int(backend.project) == int(project_id):
+                return int(backend.id)
+        with _calling(f"connect ML backend {want} to project {project_id} (it must answer /health and /setup)"):
+            backend = self._ls.ml.create(
+                project=project_id, url=want, title=title, is_interactive=False, request_options=NO_RETRY
+            )
+        log.info("connected ML backend %s (id %s) to project %s", want, backend.id, project_id)
+        return int(backend.id)
+
+    def ensure_webhook(self, project_id: int, url: str, headers: dict[str, str] | None = None) -> int:
+        """Idempotent project webhook for ANNOTATION_CREATED / UPDATED / DELETED with the payload. An
+        existing webhook to this url (e.g. the one Label Studio adds when a backend is connected) is
+        brought to these settings."""
+        want_headers = dict(headers or {})
+        want_actions = sorted(WEBHOOK_ACTIONS)
+        with _calling(f"list webhooks of project {project_id}"):
+            hooks = self._ls.webhooks.list(project=str(project_id))
+        for hook in hooks:
+            if hook.url != url or hook.project is None or int(hook.project) != int(project_id):
+                continue
+            same = (
+                sorted(hook.actions or []) == want_actions
+                and (hook.headers or {}) == want_headers
+                and bool(hook.send_payload)
+                and bool(hook.is_active)
+                and not hook.send_for_all_actions
+            )
+            if not same:
+                with _calling(f"update webhook {hook.id} of project {project_id}"):
+                    self._ls.webhooks.update(
+                        id=int(hook.id),
+                        url=url,
+                        actions=want_actions,
+                        headers=want_headers,
+                        send_payload=True,
+                        send_for_all_actions=False,
+                        is_active=True,
+                    )
+            return int(hook.id)
+        with _calling(f"create webhook for project {project_id}"):
+            hook = self._ls.webhooks.create(
+                project=project_id,
+                url=url,
+                actions=want_actions,
+                headers=want_headers,
+                send_payload=True,
+                send_for_all_actions=False,
+                is_active=True,
+            )
+        return int(hook.id)
