@@ -1,0 +1,258 @@
+"""The learner G: load, greedily generate with, fine-tune and score a seq2seq (T5-style) model.
+
+Functions take and return plain lists so they can be mapped over batches (e.g. Ray Data
+`map_batches`). A model is loaded once per process per resolved path and reused; `fine_tune` trains a
+deep copy, so the cached model of its base is never mutated. Callers pass texts exactly as the model
+should see them (any FLAN-T5 style instruction prefix is the caller's business).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache"]
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+_CACHE: dict[str, tuple[Any, PreTrainedModel, PreTrainedTokenizerBase]] = {}
+_LOCK = threading.RLock()
+_EVAL_SOURCE_TOKENS = 128  # truncation used by evaluate_loss (same defaults as fine_tune)
+_EVAL_TARGET_TOKENS = 64
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve(model: str | os.PathLike[str]) -> tuple[str, Any]:
+    """Cache key (absolute path for local dirs, else the hub name) and a stamp that changes on rewrite."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        stamp = tuple((name, (path / name).stat().st_mtime_ns) for name in _WEIGHT_FILES if (path / name).is_file())
+        return str(path), stamp
+    return str(model), None
+
+
+def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (once per process, cached) any HF seq2seq name or local path; eval mode."""
+    key, stamp = _resolve(model)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+        local = Path(key).is_dir()
+        tokenizer = AutoTokenizer.from_pretrained(key, local_files_only=local)
+        net = AutoModelForSeq2SeqLM.from_pretrained(key, local_files_only=local)
+        net.to(_device()).eval()
+        _CACHE[key] = (stamp, net, tokenizer)  # a rewritten directory replaces its stale entry
+        return net, tokenizer
+
+
+def clear_cache() -> None:
+    """Forget all loaded models (frees memory; the next call reloads)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase, net: PreTrainedModel) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(net.config.pad_token_id or 0)
+
+
+def generate(
+    model: str,
+    texts: list[str],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 48,
+    max_source_tokens: int = 128,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy outputs, same order as texts. Batches sorted by length, torch.inference_mode."""
+    texts = list(texts)
+    if not texts:
+        return []
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    net, tokenizer = load(model)
+    unique = sorted(set(texts))  # deduplicate; batch composition then depends only on the set of texts
+    lengths = {
+        t: len(ids)
+        for t, ids in zip(
+            unique, tokenizer(unique, truncation=True, max_length=max_source_tokens).input_ids, strict=True
+        )
+    }
+    unique.sort(key=lambda t: (lengths[t], t))
+    batches = [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
+    device = next(net.parameters()).device
+    out: dict[str, str] = {}
+    with torch.inference_mode(), _bar(len(texts), "generate", progress) as bar:
+        for batch in batches:
+            enc = tokenizer(batch, truncation=True, max_length=max_source_tokens, padding=True, return_tensors="pt").to(
+                device
+            )
+            ids = net.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+            )
+            decoded = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            out.update(zip(batch, (d.strip() for d in decoded), strict=True))
+            bar.update(len(batch))
+    return [out[t] for t in texts]
+
+
+def _encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[tuple[str, str]],
+    max_source_tokens: int,
+    max_target_tokens: int,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    enc = tokenizer(
+        [s for s, _ in pairs], truncation=True, max_length=max_source_tokens, padding=True, return_tensors="pt"
+    )
+    labels = tokenizer(
+        text_target=[t for _, t in pairs],
+        truncation=True,
+        max_length=max_target_tokens,
+        padding=True,
+        return_tensors="pt",
+    ).input_ids
+    labels[labels == pad_id] = -100
+    batch = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+    return batch, labels.to(device)
+
+
+def _check_pairs(pairs: list[tuple[str, str]], what: str) -> list[tuple[str, str]]:
+    pairs = [(str(s), str(t)) for s, t in pairs]
+    if not pairs:
+        raise ValueError(f"{what} needs at least one (source, target) pair; got an empty list")
+    return pairs
+
+
+def fine_tune(
+    base: str,
+    pairs: list[tuple[str, str]],
+    out_dir: str | Path,
+    *,
+    epochs: int = 2,
+    lr: float = 5e-4,
+    batch_size: int = 16,
+    seed: int = 0,
+    max_source_tokens: int = 128,
+    max_target_tokens: int = 64,
+    progress: bool = False,
+) -> dict:
+    """Fine-tune a fresh copy of `base` on (source, target) pairs; save model+tokenizer to out_dir
+    atomically (write to a sibling temp dir, then rename); return metrics {"train_loss", "pairs",
+    "epochs", "seconds"}. Never mutates the cached model of `base`."""
+    pairs = _check_pairs(pairs, "fine_tune")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    cached, tokenizer = load(base)
+    pad_id = _pad_id(tokenizer, cached)
+    rng = random.Random(seed)
+    epoch_losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):  # seed dropout without disturbing the caller's RNG state
+        torch.manual_seed(seed)
+        net = copy.deepcopy(cached)
+        net.train()
+        device = next(net.parameters()).device
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        n_batches = math.ceil(len(pairs) / batch_size)
+        bar = _bar(epochs * n_batches, "fine-tune", progress)
+        for _ in range(epochs):
+            order = list(range(len(pairs)))
+            rng.shuffle(order)
+            total, count = 0.0, 0
+            for i in range(0, len(order), batch_size):
+                chunk = [pairs[j] for j in order[i : i + batch_size]]
+                batch, labels = _encode_pairs(tokenizer, chunk, max_source_tokens, max_target_tokens, pad_id, device)
+                loss = net(**batch, labels=labels).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                total += loss.item() * len(chunk)
+                count += len(chunk)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            epoch_losses.append(total / count)
+        bar.close()
+    net.eval()
+    _save_atomically(net, tokenizer, out_dir)
+    del net, opt
+    return {
+        "train_loss": epoch_losses[-1],
+        "pairs": len(pairs),
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "epoch_losses": epoch_losses,
+        "out_dir": str(out_dir),
+    }
+
+
+def _save_atomically(net: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Write model+tokenizer to a sibling temp dir, then rename it onto `out_dir`."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        net.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp/safetensors create 0700/0600; use the usual modes
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def evaluate_loss(model: str, pairs: list[tuple[str, str]], *, batch_size: int = 32) -> float:
+    """Mean token cross-entropy of targets given sources (for a dev split)."""
+    pairs = _check_pairs(pairs, "evaluate_loss")
+    net, tokenizer = load(model)
+    pad_id = _pad_id(tokenizer, net)
+    device = next(net.parameters()).device
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            batch, labels = _encode_pairs(tokenizer, chunk, _EVAL_SOURCE_TOKENS, _EVAL_TARGET_TOKENS, pad_id, device)
+            logits = net(**batch, labels=labels).logits
+            total += torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
+            tokens += int((labels != -100).sum())
+    return total / max(tokens, 1)

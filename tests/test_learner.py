@@ -1,0 +1,127 @@
+"""Tests for loop.learner (the learner G) and scripts/build_starter_model.py, on a tiny model built here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loop import learner
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = ROOT / "scripts" / "build_starter_model.py"
+DATA = ROOT / "data" / "paradetox" / "starter.tsv"
+POOL = ROOT / "data" / "paradetox" / "pool.tsv"
+TINY_STEPS = 40
+
+
+def _import_build_script():
+    spec = importlib.util.spec_from_file_location("build_starter_model", BUILD_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def build_script():
+    return _import_build_script()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(build_script, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("starter") / "tiny"
+    return build_script.build(out, DATA, POOL, steps=TINY_STEPS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pairs(build_script) -> list[tuple[str, str]]:
+    return build_script.read_pairs(POOL)[:24]
+
+
+def test_build_writes_loadable_model_and_is_idempotent(build_script, tiny_model):
+    weights = tiny_model / "model.safetensors"
+    for name in ("config.json", "tokenizer.json", "labelloop.json"):
+        assert (tiny_model / name).is_file(), name
+    before = weights.stat().st_mtime_ns
+    again = build_script.build(tiny_model, DATA, POOL, steps=TINY_STEPS, seed=0)
+    assert again == tiny_model
+    assert weights.stat().st_mtime_ns == before, "second build retrained instead of skipping"
+    assert not list(tiny_model.parent.glob(".tiny.tmp-*")), "temp dir left behind"
+
+    net, tok = learner.load(str(tiny_model))
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    text = "you are such an idiot , really ."
+    assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
+    assert tok(text).input_ids[-1] == tok.eos_token_id
+    assert not net.training
+
+
+def test_load_is_cached(tiny_model):
+    assert learner.load(str(tiny_model))[0] is learner.load(str(tiny_model) + "/")[0]
+
+
+def test_generate_order_and_determinism(tiny_model, pairs):
+    texts = [s for s, _ in pairs[:10]]
+    out = learner.generate(str(tiny_model), texts, batch_size=4, max_new_tokens=12)
+    assert isinstance(out, list) and len(out) == len(texts)
+    assert all(isinstance(o, str) for o in out)
+    assert learner.generate(str(tiny_model), texts, batch_size=4, max_new_tokens=12) == out
+    rev = learner.generate(str(tiny_model), texts[::-1], batch_size=4, max_new_tokens=12)
+    assert rev[::-1] == out
+    a, b = texts[0], texts[-1]
+    assert learner.generate(str(tiny_model), [a, b], max_new_tokens=12) == [out[0], out[-1]]
+    assert learner.generate(str(tiny_model), [b, a], max_new_tokens=12) == [out[-1], out[0]]
+    assert learner.generate(str(tiny_model), [], max_new_tokens=12) == []
+
+
+def test_fine_tune_lowers_loss_and_keeps_base(tiny_model, pairs, tmp_path):
+    base_net, _ = learner.load(str(tiny_model))
+    snapshot = {k: v.detach().clone() for k, v in base_net.state_dict().items()}
+    rng_before = torch.random.get_rng_state()
+    loss_before = learner.evaluate_loss(str(tiny_model), pairs)
+
+    out_dir = tmp_path / "ft"
+    metrics = learner.fine_tune(str(tiny_model), pairs, out_dir, epochs=3, lr=2e-3, batch_size=8, seed=0)
+    assert {"train_loss", "pairs", "epochs", "seconds"} <= metrics.keys()
+    assert metrics["pairs"] == len(pairs) and metrics["epochs"] == 3
+    assert (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file()
+    assert not list(tmp_path.glob(".ft.*")), "temp dir left behind"
+
+    loss_after = learner.evaluate_loss(str(out_dir), pairs)
+    assert loss_after < loss_before - 0.05, (loss_before, loss_after)
+    assert len(learner.generate(str(out_dir), [pairs[0][0]], max_new_tokens=8)) == 1
+
+    base_after, _ = learner.load(str(tiny_model))
+    assert base_after is base_net
+    for k, v in base_after.state_dict().items():
+        assert torch.equal(v, snapshot[k]), f"base weights changed: {k}"
+    assert learner.evaluate_loss(str(tiny_model), pairs) == pytest.approx(loss_before)
+    assert torch.equal(torch.random.get_rng_state(), rng_before), "fine_tune leaked global RNG state"
+
+
+def test_fine_tune_is_deterministic(tiny_model, pairs, tmp_path):
+    m1 = learner.fine_tune(str(tiny_model), pairs[:8], tmp_path / "a", epochs=1, batch_size=4, seed=3)
+    m2 = learner.fine_tune(str(tiny_model), pairs[:8], tmp_path / "b", epochs=1, batch_size=4, seed=3)
+    assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-5)
+
+
+def test_fine_tune_overwrites_and_reloads(tiny_model, pairs, tmp_path):
+    out_dir = tmp_path / "ft"
+    learner.fine_tune(str(tiny_model), pairs[:8], out_dir, epochs=1, batch_size=8, seed=0)
+    first = learner.load(str(out_dir))[0]
+    learner.fine_tune(str(tiny_model), pairs[8:16], out_dir, epochs=1, batch_size=8, seed=1)
+    assert learner.load(str(out_dir))[0] is not first, "stale cached model after rewrite"
+    assert (out_dir / "model.safetensors").is_file()
+
+
+def test_fine_tune_empty_raises(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        learner.fine_tune(str(tiny_model), [], tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ValueError):
+        learner.evaluate_loss(str(tiny_model), [])
