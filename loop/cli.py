@@ -19,6 +19,8 @@ from loop.ingest import IngestError, ingest
 from loop.store import Ledger
 
 console = Console()
+if not console.is_terminal:  # a redirected log gets full-width tables instead of 80 columns
+    console = Console(width=160)
 
 
 def _settings(config: str | None) -> Settings:
@@ -33,8 +35,10 @@ def _logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
-    for noisy in ("httpx", "urllib3", "apscheduler", "sentence_transformers", "openai"):
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances" is the one-at-a-time rule working, not a problem
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +160,7 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float) -> No
     except (service.ServiceError, IngestError) as exc:
         raise click.ClickException(str(exc)) from None
     ctx = services.ctx
-    scheduler = Scheduler(ctx, on_step=lambda step: console.print(f"[bold]step[/]: {step}"))
+    scheduler = Scheduler(ctx)  # each step is logged by loop.rounds
     try:
         scheduler.start()
         console.rule("labelloop is running")

@@ -254,7 +254,8 @@ def run_until_waiting(ctx: Context, max_steps: int = 20) -> list[str]:
     for _ in range(max_steps):
         what = advance(ctx)
         done.append(what)
-        log.info("%s", what)
         if what.startswith(("waiting", "idle")):
+            log.debug("%s", what)  # the scheduler reports waiting states only when they change
             break
+        log.info("%s", what)
     return done

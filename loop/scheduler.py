@@ -82,10 +82,15 @@ class Scheduler:
         self.lock = ProjectLock(ctx.settings.data_dir / "scheduler.lock")
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._mutex = threading.Lock()
+        self._last_wait: str | None = None
 
     def _run(self) -> None:
         with self._mutex:
-            tick(self.ctx, self.on_step)
+            steps = tick(self.ctx, self.on_step)
+        last = steps[-1] if steps else None
+        if last and last.startswith(("waiting", "idle")) and last != self._last_wait:
+            log.info("%s", last)
+        self._last_wait = last
 
     def start(self) -> None:
         self.lock.acquire()
