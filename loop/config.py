@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
 SECRET_NAMES = ("api_key", "openai_api_key", "label_studio_api_key", "token", "password")
 
 
@@ -54,10 +55,37 @@ class LearnerSettings(_Section):
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-4, gt=0)
     seed: int = 0
+    # issue #4: fast runtime, dev split + early stopping, the promotion gate, checkpoints kept on disk
+    runtime: Literal["hf", "ct2", "ct2-int8"] = Field(
+        "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"
+    )
+    max_source_tokens: int = Field(128, ge=1)
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="share of verified pairs held out as the dev split")
+    min_dev_pairs: int = Field(8, ge=1, description="below this many dev pairs there is no dev split and no gate")
+    patience: int = Field(1, ge=1, description="early stopping: epochs without a better dev loss")
+    keep_last: int = Field(3, ge=1, description="trained checkpoints kept on disk (the promoted one always is)")
 
 
-class ScorerSettings(_Section):
-    kind: Literal["profanity"] = "profanity"
+class AttributeSettings(_Section):
+    """One regulated attribute scored by R (see loop/scorer.py)."""
+
+    kind: Literal["profanity", "hf-classifier", "embedding-probe"] = "profanity"
+    model: str | None = Field(None, description="hf-classifier: HF name or path; embedding-probe: probe file")
+    label: str | None = Field(None, description="hf-classifier: the label that counts as the attribute")
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> AttributeSettings:
+        if self.kind in ("hf-classifier", "embedding-probe") and not self.model:
+            raise ValueError(f"kind {self.kind!r} needs `model` (a model name/path or probe file)")
+        if self.kind == "hf-classifier" and self.label is None:
+            raise ValueError("kind 'hf-classifier' needs `label`: the label that counts as the attribute")
+        return self
+
+
+class ScorerSettings(AttributeSettings):
+    # several attributes at once (weighted mean); when set, kind/model/label above are ignored
+    attributes: list[AttributeSettings] = Field(default_factory=list)
 
 
 class SelectSettings(_Section):
@@ -76,6 +104,19 @@ class TeacherSettings(_Section):
     max_tokens: int = Field(200, ge=1)
     concurrency: int = Field(8, ge=1)
     timeout: float = Field(60.0, gt=0)
+    rpm: int = Field(500, ge=1, description="requests per minute, never exceeded")
+    tpm: int = Field(200_000, ge=1, description="tokens per minute (prompt + completion), never exceeded")
+    max_attempts: int = Field(5, ge=1, description="HTTP attempts per item, retries included")
+    backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles, with jitter")
+    max_backoff: float = Field(60.0, ge=0, description="longest wait between attempts, Retry-After included")
+    min_chars: int = Field(2, ge=1, description="shorter outputs are rejected")
+    max_chars: int = Field(2000, ge=1, description="longer outputs are rejected")
+    top_up: bool = Field(True, description="replace items the teacher failed on with others from the same cluster")
+    # USD per 1M tokens: (prompt, completion); a model is priced by its longest matching prefix
+    prices: dict[str, tuple[float, float]] = {
+        "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),
+        "gpt-4.1": (2.00, 8.00),
+    }
 
 
 class StudioSettings(_Section):
@@ -93,6 +134,10 @@ class BackendSettings(_Section):
 
 class SchedulerSettings(_Section):
     poll_seconds: float = Field(5.0, gt=0)
+    reconcile_seconds: float = Field(
+        30.0, ge=0, description="full read of Label Studio's annotations at least this often (webhooks get lost)"
+    )
+    max_backoff_seconds: float = Field(300.0, gt=0, description="longest wait after repeated failures")
 
 
 class Settings(BaseSettings):
@@ -153,6 +198,17 @@ class Settings(BaseSettings):
     @property
     def label_studio_api_key(self) -> SecretStr | None:
         return _env_secret("LABEL_STUDIO_API_KEY")
+
+    @property
+    def backend_auth(self) -> tuple[str, SecretStr] | None:
+        """Basic-auth credentials the ML backend demands (BASIC_AUTH_USER / BASIC_AUTH_PASS), if set."""
+        user, password = os.environ.get("BASIC_AUTH_USER", "").strip(), _env_secret("BASIC_AUTH_PASS")
+        return (user, password) if user and password else None
+
+    @property
+    def webhook_secret(self) -> SecretStr | None:
+        """Shared secret Label Studio's webhook must carry in the X-Labelloop-Secret header, if set."""
+        return _env_secret("LABELLOOP_WEBHOOK_SECRET")
 
     def teacher_kind(self) -> str:
         """The teacher that will run: `auto` means openai when a key is set, else the reference column."""

@@ -11,6 +11,7 @@ after it is completely written.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from loop import cluster as cluster_mod
 from loop import embed as embed_mod
 from loop import teacher
 from loop.config import Settings
-from loop.scorer import get_scorer
+from loop.scorer import build_scorer, score_texts
 from loop.select import STRATEGIES
 from loop.store import Ledger
 
@@ -95,21 +96,35 @@ def prepare_pool(ctx: Context) -> dict[int, int]:
 
 
 def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tuple[str, float]]:
-    """Interim outputs G(x) and informativeness R(G(x)) for `ids`, computing only what is not stored."""
+    """Interim outputs G(x) and informativeness R(G(x)) for `ids`, computing only what is not stored.
+
+    Stored rows are keyed by (item, learner version, R's signature): a new version regenerates, a new R
+    (kind, model, label, weights, probe file) re-scores the stored outputs without regenerating them.
+    Pool texts never change under an id (ingest deduplicates and never updates). ct2-int8 outputs can
+    differ from float32 ones, so they are stored under `<version>@int8`."""
     s, ledger = ctx.settings, ctx.ledger
-    todo = ledger.ids_without_score(model["version"], s.scorer.kind, ids)
+    signature, scorer = build_scorer(s.scorer)
+    key = f"{model['version']}@int8" if s.learner.runtime == "ct2-int8" else model["version"]
+    todo = ledger.ids_without_score(key, signature, ids)
     if todo:
         from loop import learner  # torch loads only where a learner runs (not in the web backend)
 
         items = ledger.pool_items(todo)
-        log.info("learner %s writes interim outputs for %d items", model["version"], len(items))
-        outputs = learner.generate(
-            model["path"], [it["text"] for it in items], batch_size=s.learner.batch_size,
-            max_new_tokens=s.learner.max_new_tokens, progress=ctx.progress,
-        )
-        scores = get_scorer(s.scorer.kind)(outputs)
-        ledger.put_scores(model["version"], s.scorer.kind, [it["id"] for it in items], outputs, scores)
-    stored = ledger.scores(model["version"], s.scorer.kind)
+        known = ledger.interims(key, todo)  # this version's outputs stored under another R
+        need = [it for it in items if it["id"] not in known]
+        if need:
+            log.info("learner %s writes interim outputs for %d items (%s)", key, len(need), s.learner.runtime)
+            outputs = learner.generate(
+                model["path"], [it["text"] for it in need], batch_size=s.learner.batch_size,
+                max_new_tokens=s.learner.max_new_tokens, max_source_tokens=s.learner.max_source_tokens,
+                progress=ctx.progress, runtime=s.learner.runtime, cache_dir=Path(s.models_dir) / ".ct2",
+            )
+            known.update(zip((it["id"] for it in need), outputs, strict=True))
+        interims = [known[it["id"]] for it in items]
+        log.info("R (%s) scores %d interim outputs", signature, len(items))
+        scores = score_texts(scorer, interims, progress=ctx.progress)
+        ledger.put_scores(key, signature, [it["id"] for it in items], interims, scores)
+    stored = ledger.scores(key, signature)
     return {i: stored[i] for i in ids}
 
 
@@ -139,18 +154,58 @@ def select_round(ctx: Context) -> int | None:
     return round_id
 
 
-def distill_round(ctx: Context, round_id: int) -> dict:
-    """Teacher outputs for the round's batch (cached ones cost nothing)."""
-    s = ctx.settings
+def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
+    """Teacher outputs for the round's batch (cached ones cost nothing; every attempt is accounted).
+
+    An item the teacher fails on keeps its reason and is never imported; with `teacher.top_up` the
+    batch is topped up from the same cluster (the next unsent item by score, or at random for the
+    random baselines) until every cluster has as many drafts as it was given, or the cluster runs dry.
+    Safe to re-run: replaced items are not asked again, and top-ups are counted per cluster.
+    """
+    s, ledger = ctx.settings, ctx.ledger
     template = teacher.load_template(s.task, s.teacher.template)
-    t = teacher.from_settings(s)
-    batch = ctx.ledger.batch(round_id)
-    todo = [b for b in batch if b["draft"] is None]
-    results = teacher.distill(ctx.ledger, t, template, todo)
-    ctx.ledger.set_drafts(round_id, results)
-    failed = sum(1 for _, d, _ in results.values() if d is None)
-    ctx.ledger.set_meta(f"round:{round_id}:model_version", f"{t.name}|{template.name}@{template.version}")
-    return {"distilled": len(results) - failed, "failed": failed}
+    t = teacher.from_settings(s, progress=ctx.progress)
+    rnd = ledger.get_round(round_id)
+    replaced = set(ledger.topups(round_id).values())
+    todo = [b for b in ledger.batch(round_id) if b["draft"] is None and b["pool_id"] not in replaced]
+    for step in range(max_top_ups + 1):
+        if todo:
+            ledger.set_drafts(round_id, teacher.distill(ledger, t, template, todo, round_id=round_id))
+        if not s.teacher.top_up or step == max_top_ups:
+            break
+        batch, topups = ledger.batch(round_id), ledger.topups(round_id)
+        replaced = set(topups.values())
+        need: dict[int, int] = {}
+        for b in batch:  # per cluster: items originally given - items with a draft
+            need[b["cluster"]] = need.get(b["cluster"], 0) + (b["pool_id"] not in topups) - bool(b["draft"])
+        if not any(n > 0 for n in need.values()):
+            break
+        clusters = ledger.clusters()
+        scored = ledger.scores(rnd["learner_version"], s.scorer.kind)
+        unsent = [i for i in ledger.unsent_pool_ids() if i in scored and i in clusters]
+        rng = np.random.default_rng([s.select.seed, round_id, step])
+        new = []
+        for c, n in need.items():
+            failed = [b["pool_id"] for b in batch if b["cluster"] == c and b["teacher_error"]
+                      and b["pool_id"] not in replaced]
+            pool = [i for i in unsent if clusters[i] == c]
+            if s.select.strategy in ("random", "cluster_random"):
+                pool = [pool[j] for j in rng.permutation(len(pool))]
+            else:
+                pool.sort(key=lambda i: -scored[i][1])
+            new += [{"pool_id": p, "cluster": c, "score": float(scored[p][1]), "interim": scored[p][0],
+                     "replaces": f} for p, f in zip(pool, failed[: max(n, 0)], strict=False)]
+        if not new:
+            break
+        ledger.add_topup_items(round_id, new)
+        log.info("round %d: %d failed items topped up from their clusters", round_id, len(new))
+        added = {it["pool_id"] for it in new}
+        todo = [b for b in ledger.batch(round_id) if b["pool_id"] in added]
+    ledger.set_meta(f"round:{round_id}:model_version", f"{t.name}|{template.name}@{template.version}")
+    progress = ledger.round_progress(round_id)
+    usage = ledger.teacher_usage(round_id)
+    return {"distilled": progress["distilled"], "failed": progress["failed"],
+            "topped_up": len(ledger.topups(round_id)), "cost": usage["cost"]}
 
 
 def import_round(ctx: Context, round_id: int) -> int:
@@ -169,12 +224,25 @@ def import_round(ctx: Context, round_id: int) -> int:
     return len(ids)
 
 
-def sync_verifications(ctx: Context) -> int:
-    """Read completed annotations from Label Studio into the ledger (idempotent); returns changes."""
+def sync_verifications(ctx: Context, *, full: bool = True) -> int:
+    """Bring the ledger's verifications in line with Label Studio (idempotent); returns changes.
+
+    `full` reads every annotated task (the periodic reconciliation that catches lost webhooks and
+    deletions); otherwise only the tasks named by pending webhook events are read.
+    """
     if ctx.studio is None or ctx.project_id is None:
         return 0
+    ledger = ctx.ledger
+    up_to, task_ids = ledger.pending_event_tasks()
+    if full:
+        annotations, scope = ctx.studio.completed_annotations(ctx.project_id), None
+    elif task_ids:
+        annotations, scope = ctx.studio.annotations_for_tasks(ctx.project_id, task_ids), task_ids
+    else:
+        ledger.mark_events_processed(up_to)
+        return 0
     rows = []
-    for ann in ctx.studio.completed_annotations(ctx.project_id):
+    for ann in annotations:
         parsed = parse_task_key(ann.key)
         if parsed is None:
             continue
@@ -182,11 +250,21 @@ def sync_verifications(ctx: Context) -> int:
         rows.append(
             {"annotation_id": ann.annotation_id, "task_id": ann.task_id, "round_id": round_id, "pool_id": pool_id,
              "verdict": ann.verdict, "target": None if ann.verdict == "reject" else ann.text, "draft": ann.draft,
-             "comment": ann.comment, "annotator": ann.annotator, "updated_at": ann.updated_at}
+             "comment": ann.comment, "annotator": ann.annotator, "updated_at": ann.updated_at,
+             "lead_time": ann.lead_time, "created_at": ann.created_at}
         )
-    changed = ctx.ledger.record_verifications(rows)
-    ctx.ledger.mark_events_processed()
+    changed = ledger.record_verifications(rows)
+    ledger.set_annotation_times(rows)  # lead time and creation, for throughput and export (not a change)
+    changed += ledger.withdraw_verifications({a.annotation_id for a in annotations}, scope)
+    ledger.mark_events_processed(up_to)
+    if full:
+        ledger.set_meta("last_full_sync", str(time.time()))
     return changed
+
+
+def _full_sync_due(ctx: Context) -> bool:
+    last = ctx.ledger.get_meta("last_full_sync")
+    return last is None or time.time() - float(last) >= ctx.settings.scheduler.reconcile_seconds
 
 
 def train_round(ctx: Context, round_id: int) -> str:
@@ -197,20 +275,33 @@ def train_round(ctx: Context, round_id: int) -> str:
     if not pairs:
         log.info("round %d: no accepted or edited pairs; the learner stays %s", round_id, parent["version"])
         return parent["version"]
-    from loop import learner
+    from loop import learner, versions
 
     version = _next_version(ledger)
     out = Path(s.models_dir) / version
+    train, dev = versions.split_dev(pairs, s.learner.dev_fraction, s.learner.min_dev_pairs)
+    parent_path = s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"]
     metrics = learner.fine_tune(
-        s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"],
-        pairs, out, epochs=s.learner.epochs, lr=s.learner.lr, batch_size=min(16, s.learner.batch_size),
-        seed=s.learner.seed + round_id, progress=ctx.progress,
+        parent_path, train, out, epochs=s.learner.epochs, lr=s.learner.lr, batch_size=min(16, s.learner.batch_size),
+        seed=s.learner.seed + round_id, progress=ctx.progress, dev_pairs=dev or None,
+        patience=s.learner.patience if dev else None,
     )
+    if dev:  # the gate: a version worse on the dev split than the one in use is kept, not promoted
+        metrics["parent_dev_loss"] = learner.evaluate_loss(parent_path, dev)
+        promote, note = versions.gate(metrics["dev_loss"], metrics["parent_dev_loss"], parent["version"], len(dev))
+    else:
+        promote, note = True, f"promoted without a gate (dev split needs {s.learner.min_dev_pairs} pairs)"
     ledger.add_model_version(
-        version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics
+        version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics,
+        promote=promote, note=note,
     )
-    log.info("round %d: learner %s trained on %d pairs (loss %.3f)", round_id, version, len(pairs),
-             metrics.get("train_loss", float("nan")))
+    if promote and s.learner.runtime != "hf":  # convert now, so the next round's scoring starts at once
+        from loop import runtime
+
+        runtime.convert(str(out), s.learner.runtime, Path(s.models_dir) / ".ct2")
+    pruned = versions.prune(ledger, s.models_dir, s.learner.keep_last, Path(s.models_dir) / ".ct2")
+    log.info("round %d: learner %s trained on %d pairs (loss %.3f): %s%s", round_id, version, len(train),
+             metrics.get("train_loss", float("nan")), note, f"; pruned {', '.join(pruned)}" if pruned else "")
     return version
 
 
@@ -233,7 +324,7 @@ def advance(ctx: Context) -> str:
         ledger.set_round_state(round_id, "imported", expect="distilled", project_id=ctx.project_id)
         return f"round {round_id}: imported {n} tasks"
     if state in ("imported", "verifying"):
-        sync_verifications(ctx)
+        sync_verifications(ctx, full=state == "imported" or _full_sync_due(ctx))
         progress = ledger.round_progress(round_id)
         if state == "imported":
             ledger.set_round_state(round_id, "verifying", expect="imported")

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def tick(ctx: rounds.Context, on_step: Callable[[str], None] | None = None) -> l
         message = f"{type(exc).__name__}: {exc}"
         if current is not None:
             ctx.ledger.set_round_error(current["id"], message)
-        log.exception("round step failed; retrying at the next tick")
+        log.debug("round step failed", exc_info=True)
         return [f"error: {message}"]
     current = ctx.ledger.current_round()
     if current is not None and current["error"]:
@@ -83,11 +84,25 @@ class Scheduler:
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._mutex = threading.Lock()
         self._last_wait: str | None = None
+        self.failures = 0
+        self._resume_at = 0.0
 
     def _run(self) -> None:
+        if time.monotonic() < self._resume_at:  # backing off after failures
+            return
         with self._mutex:
             steps = tick(self.ctx, self.on_step)
         last = steps[-1] if steps else None
+        if last and last.startswith("error"):
+            self.failures += 1
+            s = self.ctx.settings.scheduler
+            delay = min(s.poll_seconds * 2 ** (self.failures - 1), s.max_backoff_seconds)
+            self._resume_at = time.monotonic() + delay
+            log.warning("%s; retrying in %.0f s (%d failure(s) in a row)", last, delay, self.failures)
+            return
+        if self.failures:
+            log.info("recovered after %d failed attempt(s)", self.failures)
+        self.failures = 0
         if last and last.startswith(("waiting", "idle")) and last != self._last_wait:
             log.info("%s", last)
         self._last_wait = last

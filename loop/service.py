@@ -8,6 +8,7 @@ started here is stopped by `stop()`, in reverse order.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import requests
 
 from loop import localstudio
-from loop.config import Settings
+from loop.config import WEBHOOK_SECRET_HEADER, Settings
 from loop.ingest import ingest
 from loop.rounds import Context
 from loop.store import Ledger
@@ -108,7 +109,18 @@ def connect_project(ctx: Context, backend_url: str) -> int:
         s.studio.project_title, s.label_config_path.read_text(encoding="utf-8"), wanted
     )
     ctx.ledger.set_meta("project_id", str(project_id))
-    ctx.studio.connect_backend(project_id, s.backend.public_url or backend_url)
+    url = (s.backend.public_url or backend_url).rstrip("/")
+    auth = s.backend_auth
+    basic = (auth[0], auth[1].get_secret_value()) if auth else None
+    ctx.studio.connect_backend(project_id, url, basic_auth=basic)
+    if basic or s.webhook_secret:
+        # the webhook Label Studio adds for the backend carries no credentials: give it ours
+        headers = {}
+        if basic:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        if s.webhook_secret:
+            headers[WEBHOOK_SECRET_HEADER] = s.webhook_secret.get_secret_value()
+        ctx.studio.ensure_webhook(project_id, f"{url}/webhook", headers=headers)
     ctx.project_id = project_id
     return project_id
 

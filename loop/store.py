@@ -90,6 +90,29 @@ CREATE TABLE IF NOT EXISTS teacher_cache (
     completion_tokens INTEGER,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS teacher_calls (
+    id INTEGER PRIMARY KEY,
+    round_id INTEGER,
+    pool_id INTEGER,
+    key TEXT,
+    model TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'retry', 'invalid', 'failed', 'cached')),
+    reason TEXT,
+    final INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    latency_ms INTEGER,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS teacher_calls_round ON teacher_calls(round_id);
+CREATE TABLE IF NOT EXISTS batch_topups (
+    round_id INTEGER NOT NULL,
+    pool_id INTEGER NOT NULL,
+    replaces INTEGER NOT NULL,
+    PRIMARY KEY (round_id, pool_id)
+);
 CREATE TABLE IF NOT EXISTS verifications (
     annotation_id INTEGER PRIMARY KEY,
     task_id INTEGER NOT NULL,
@@ -102,6 +125,15 @@ CREATE TABLE IF NOT EXISTS verifications (
     annotator TEXT,
     updated_at TEXT,
     synced_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verification_history (
+    id INTEGER PRIMARY KEY,
+    annotation_id INTEGER NOT NULL,
+    change TEXT NOT NULL,
+    verdict TEXT,
+    target TEXT,
+    updated_at TEXT,
+    recorded_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS model_versions (
     version TEXT PRIMARY KEY,
@@ -138,6 +170,12 @@ class Ledger:
         self._local = threading.local()
         # executescript commits on its own; every statement in it is idempotent
         self.db.conn.executescript(_SCHEMA)
+        self._add_column("verifications", "withdrawn_at", "TEXT")
+        self._add_column("verifications", "lead_time", "REAL")  # seconds in the editor (issue 6)
+        self._add_column("verifications", "created_at", "TEXT")
+        self._add_column("model_versions", "status", "TEXT NOT NULL DEFAULT 'promoted'")  # issue 4: the gate
+        self._add_column("model_versions", "note", "TEXT")
+        self._add_column("model_versions", "pruned", "INTEGER NOT NULL DEFAULT 0")
         with self.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
@@ -170,6 +208,12 @@ class Ledger:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _add_column(self, table: str, column: str, decl: str) -> None:
+        """Migration-safe ALTER TABLE ADD COLUMN (a no-op when the column exists)."""
+        have = {row[1] for row in self.db.conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            self.db.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -428,34 +472,157 @@ class Ledger:
                 [key, model, template, output, prompt_tokens, completion_tokens, now()],
             )
 
+    # --- teacher accounting and batch top-ups ------------------------------------------------------
+    _CALL_FIELDS = ("round_id", "pool_id", "key", "model", "attempt", "status", "reason", "final",
+                    "prompt_tokens", "completion_tokens", "cost", "latency_ms")
+
+    def record_teacher_calls(self, rows: list[dict]) -> None:
+        """Append teacher attempts (one row per HTTP request, or one `cached` row per cache hit)."""
+        if not rows:
+            return
+        stamp = now()
+        with self.transaction() as conn:
+            conn.executemany(
+                f"INSERT INTO teacher_calls({', '.join(self._CALL_FIELDS)}, created_at)"
+                f" VALUES ({', '.join('?' * (len(self._CALL_FIELDS) + 1))})",
+                [[r.get(f, 0 if f in ("final", "prompt_tokens", "completion_tokens", "cost") else None)
+                  for f in self._CALL_FIELDS] + [stamp] for r in rows],
+            )
+
+    def teacher_usage(self, round_id: int | None = None) -> dict:
+        """What the teacher did and cost, for one round or in total.
+
+        calls: items sent to the API; attempts: HTTP requests, retries included; failures: items that
+        ended without a valid output; cached: items answered from the cache; tokens and cost (USD)
+        summed over every attempt, since a retried or rejected answer is billed too.
+        """
+        where, params = ("WHERE round_id = ?", [round_id]) if round_id is not None else ("", [])
+        row = self.db.conn.execute(
+            "SELECT count(CASE WHEN final = 1 AND status != 'cached' THEN 1 END),"
+            " count(CASE WHEN status != 'cached' THEN 1 END),"
+            " count(CASE WHEN final = 1 AND status = 'failed' THEN 1 END),"
+            " count(CASE WHEN status = 'cached' THEN 1 END),"
+            " coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(cost), 0)"
+            f" FROM teacher_calls {where}",
+            params,
+        ).fetchone()
+        keys = ("calls", "attempts", "failures", "cached", "prompt_tokens", "completion_tokens", "cost")
+        return dict(zip(keys, row, strict=True))
+
+    def teacher_usage_by_item(self, round_id: int) -> dict[int, dict]:
+        """pool_id -> attempts, prompt and completion tokens and cost of one round's items."""
+        return {
+            r["pool_id"]: r
+            for r in self._rows(
+                "SELECT pool_id, count(CASE WHEN status != 'cached' THEN 1 END) AS attempts,"
+                " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
+                " sum(cost) AS cost FROM teacher_calls WHERE round_id = ? GROUP BY pool_id",
+                [round_id],
+            )
+        }
+
+    def teacher_failures(self, round_id: int | None = None) -> list[dict]:
+        """The final failed attempt of every item that got no valid output: pool_id, reason, attempt."""
+        where, params = ("AND round_id = ?", [round_id]) if round_id is not None else ("", [])
+        return self._rows(
+            "SELECT round_id, pool_id, attempt, reason FROM teacher_calls"
+            f" WHERE final = 1 AND status = 'failed' {where} ORDER BY id",
+            params,
+        )
+
+    def add_topup_items(self, round_id: int, items: list[dict]) -> None:
+        """Add replacement items (pool_id, cluster, score, interim, replaces) to a round's batch, atomically."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO batch_items(round_id, pool_id, cluster, score, interim) VALUES (?, ?, ?, ?, ?)",
+                [(round_id, it["pool_id"], it["cluster"], it["score"], it.get("interim")) for it in items],
+            )
+            conn.executemany(
+                "INSERT INTO batch_topups(round_id, pool_id, replaces) VALUES (?, ?, ?)",
+                [(round_id, it["pool_id"], it["replaces"]) for it in items],
+            )
+
+    def topups(self, round_id: int) -> dict[int, int]:
+        """pool_id of each replacement item in a round -> the pool_id of the failed item it replaces."""
+        return dict(
+            self.db.conn.execute("SELECT pool_id, replaces FROM batch_topups WHERE round_id = ?", [round_id])
+        )
+
     # --- verifications -------------------------------------------------------------------------
     def record_verifications(self, rows: list[dict]) -> int:
-        """Upsert verifications by annotation id (latest updated_at wins); returns how many changed."""
+        """Upsert verifications by annotation id; returns how many changed.
+
+        Latest wins: a row whose `updated_at` is older than the stored one (a late, out-of-order
+        read) changes nothing. Every change is appended to `verification_history`; a withdrawn
+        verification that shows up again is restored.
+        """
         changed = 0
         stamp = now()
         with self.transaction() as conn:
             for r in rows:
                 old = conn.execute(
-                    "SELECT updated_at, verdict, target FROM verifications WHERE annotation_id = ?",
+                    "SELECT updated_at, verdict, target, withdrawn_at FROM verifications WHERE annotation_id = ?",
                     [r["annotation_id"]],
                 ).fetchone()
-                if old is not None and (old[0], old[1], old[2]) == (r["updated_at"], r["verdict"], r["target"]):
-                    continue
+                if old is not None:
+                    same = (old[1], old[2]) == (r["verdict"], r["target"]) and old[3] is None
+                    if same or (old[0] or "") > (r["updated_at"] or ""):
+                        continue
                 conn.execute(
                     "INSERT OR REPLACE INTO verifications(annotation_id, task_id, round_id, pool_id, verdict,"
-                    " target, draft, comment, annotator, updated_at, synced_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " target, draft, comment, annotator, updated_at, synced_at, withdrawn_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                     [r["annotation_id"], r["task_id"], r["round_id"], r["pool_id"], r["verdict"], r["target"],
                      r.get("draft"), r.get("comment"), r.get("annotator"), r["updated_at"], stamp],
+                )
+                conn.execute(
+                    "INSERT INTO verification_history(annotation_id, change, verdict, target, updated_at,"
+                    " recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [r["annotation_id"], "created" if old is None else "updated", r["verdict"], r["target"],
+                     r["updated_at"], stamp],
                 )
                 changed += 1
         return changed
 
+    def withdraw_verifications(self, present: set[int], task_ids: Iterable[int] | None = None) -> int:
+        """Withdraw verifications whose annotation is gone from Label Studio (deleted there).
+
+        `present` holds the annotation ids Label Studio still has, for all tasks or, with
+        `task_ids`, for those tasks only. Returns how many were withdrawn.
+        """
+        sql = "SELECT annotation_id FROM verifications WHERE withdrawn_at IS NULL"
+        params: list[Any] = []
+        if task_ids is not None:
+            task_ids = list(task_ids)
+            if not task_ids:
+                return 0
+            sql += f" AND task_id IN ({','.join('?' * len(task_ids))})"
+            params = task_ids
+        gone = [row[0] for row in self.db.conn.execute(sql, params) if row[0] not in present]
+        stamp = now()
+        with self.transaction() as conn:
+            for annotation_id in gone:
+                conn.execute(
+                    "UPDATE verifications SET withdrawn_at = ? WHERE annotation_id = ?", [stamp, annotation_id]
+                )
+                conn.execute(
+                    "INSERT INTO verification_history(annotation_id, change, recorded_at) VALUES (?, 'withdrawn', ?)",
+                    [annotation_id, stamp],
+                )
+        return len(gone)
+
+    def verification_history(self, annotation_id: int) -> list[dict]:
+        return self._rows(
+            "SELECT change, verdict, target, updated_at FROM verification_history WHERE annotation_id = ? ORDER BY id",
+            [annotation_id],
+        )
+
     def verifications(self, round_id: int | None = None) -> list[dict]:
-        sql = "SELECT * FROM verifications"
+        """Verifications in force (withdrawn ones left out), optionally of one round."""
+        sql = "SELECT * FROM verifications WHERE withdrawn_at IS NULL"
         params: list[Any] = []
         if round_id is not None:
-            sql += " WHERE round_id = ?"
+            sql += " AND round_id = ?"
             params.append(round_id)
         return self._rows(sql + " ORDER BY annotation_id", params)
 
@@ -464,7 +631,8 @@ class Ledger:
         rows = self.db.conn.execute(
             "SELECT p.text, v.target FROM verifications v JOIN pool p ON p.id = v.pool_id"
             " WHERE v.verdict IN ('accept', 'edit') AND v.annotation_id = ("
-            "   SELECT max(annotation_id) FROM verifications v2 WHERE v2.pool_id = v.pool_id)"
+            "   SELECT max(annotation_id) FROM verifications v2 WHERE v2.pool_id = v.pool_id"
+            "   AND v2.withdrawn_at IS NULL)"
             " ORDER BY v.pool_id"
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
@@ -474,13 +642,14 @@ class Ledger:
         row = self.db.conn.execute(
             "SELECT count(*), count(draft), count(teacher_error), count(task_id),"
             " count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM verifications v WHERE v.round_id = b.round_id"
-            "   AND v.pool_id = b.pool_id) THEN b.pool_id END)"
+            "   AND v.pool_id = b.pool_id AND v.withdrawn_at IS NULL) THEN b.pool_id END)"
             " FROM batch_items b WHERE round_id = ?",
             [round_id],
         ).fetchone()
         verdicts = dict(
             self.db.conn.execute(
-                "SELECT verdict, count(DISTINCT pool_id) FROM verifications WHERE round_id = ? GROUP BY verdict",
+                "SELECT verdict, count(DISTINCT pool_id) FROM verifications WHERE round_id = ? AND withdrawn_at IS NULL"
+                " GROUP BY verdict",
                 [round_id],
             ).fetchall()
         )
@@ -492,15 +661,19 @@ class Ledger:
 
     # --- learner versions ----------------------------------------------------------------------
     def add_model_version(
-        self, version: str, *, path: str, parent: str | None, round_id: int | None, pairs: int, metrics: dict
+        self, version: str, *, path: str, parent: str | None, round_id: int | None, pairs: int, metrics: dict,
+        promote: bool = True, note: str | None = None,
     ) -> None:
+        """Register a checkpoint; `promote` makes it the version in use, else it is kept as 'held'."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO model_versions(version, path, parent, round_id, pairs, metrics, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [version, path, parent, round_id, pairs, json.dumps(metrics, sort_keys=True), now()],
+                "INSERT OR REPLACE INTO model_versions(version, path, parent, round_id, pairs, metrics, created_at,"
+                " status, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [version, path, parent, round_id, pairs, json.dumps(metrics, sort_keys=True), now(),
+                 "promoted" if promote else "held", note],
             )
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('learner_version', ?)", [version])
+            if promote:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('learner_version', ?)", [version])
 
     def model_versions(self) -> list[dict]:
         rows = self._rows("SELECT * FROM model_versions ORDER BY created_at, version")
@@ -515,6 +688,39 @@ class Ledger:
         rows = self._rows("SELECT * FROM model_versions WHERE version = ?", [version])
         return rows[0] if rows else None
 
+    # --- learner versions: gate, rollback, pruning, reuse of interim outputs (issue 4) ------------
+    def model_version(self, version: str) -> dict | None:
+        """One registered version (metrics decoded), or None."""
+        rows = self._rows("SELECT * FROM model_versions WHERE version = ?", [version])
+        for r in rows:
+            r["metrics"] = json.loads(r["metrics"] or "{}")
+        return rows[0] if rows else None
+
+    def promote_model(self, version: str, note: str | None = None) -> None:
+        """Make `version` the one in use (rollback or a manual promotion); KeyError if unknown."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM model_versions WHERE version = ?", [version]).fetchone() is None:
+                raise KeyError(version)
+            conn.execute("UPDATE model_versions SET status = 'promoted', note = coalesce(?, note) WHERE version = ?",
+                         [note, version])
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('learner_version', ?)", [version])
+
+    def mark_model_pruned(self, version: str) -> None:
+        """Record that a version's checkpoint was deleted from disk (it stays in the history)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE model_versions SET pruned = 1 WHERE version = ?", [version])
+
+    def interims(self, learner_version: str, ids: list[int]) -> dict[int, str]:
+        """Stored interim outputs G(x) of one version under any scorer (generation need not be redone)."""
+        wanted = set(ids)
+        return {
+            r[0]: r[1]
+            for r in self.db.conn.execute(
+                "SELECT pool_id, interim FROM scores WHERE learner_version = ?", [learner_version]
+            )
+            if r[0] in wanted
+        }
+
     # --- webhook events ------------------------------------------------------------------------
     def record_event(self, action: str | None, project_id: int | None, task_id: int | None,
                      annotation_id: int | None) -> int:
@@ -528,9 +734,101 @@ class Ledger:
     def pending_events(self) -> int:
         return self._value("SELECT count(*) FROM events WHERE processed = 0")
 
-    def mark_events_processed(self) -> None:
+    def pending_event_tasks(self) -> tuple[int, list[int]]:
+        """(highest pending event id, distinct task ids those events name) for a targeted sync."""
+        rows = self.db.conn.execute("SELECT id, task_id FROM events WHERE processed = 0 ORDER BY id").fetchall()
+        if not rows:
+            return 0, []
+        return rows[-1][0], sorted({r[1] for r in rows if r[1] is not None})
+
+    def mark_events_processed(self, up_to: int | None = None) -> None:
+        """Mark events handled (all of them, or those with id <= up_to: later ones stay pending)."""
         with self.transaction() as conn:
-            conn.execute("UPDATE events SET processed = 1 WHERE processed = 0")
+            if up_to is None:
+                conn.execute("UPDATE events SET processed = 1 WHERE processed = 0")
+            else:
+                conn.execute("UPDATE events SET processed = 1 WHERE processed = 0 AND id <= ?", [up_to])
+
+    # --- status and export (issue 6) ----------------------------------------------------------
+    # "latest" = the newest annotation in force of each pool item: the verdict an item counts under.
+    _LATEST = (
+        "SELECT v.* FROM verifications v WHERE v.withdrawn_at IS NULL AND v.annotation_id = ("
+        " SELECT max(v2.annotation_id) FROM verifications v2 WHERE v2.pool_id = v.pool_id"
+        " AND v2.withdrawn_at IS NULL)"
+    )
+
+    def set_annotation_times(self, rows: list[dict]) -> None:
+        """Store Label Studio's lead_time (seconds) and created_at for annotations already recorded."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE verifications SET lead_time = coalesce(?, lead_time), created_at = coalesce(?, created_at)"
+                " WHERE annotation_id = ?",
+                [(r.get("lead_time"), r.get("created_at"), r["annotation_id"]) for r in rows],
+            )
+
+    def cluster_progress(self) -> list[dict]:
+        """Per round and cluster: selected, failed, imported, verified items and their latest verdicts."""
+        return self._rows(
+            f"WITH latest AS ({self._LATEST})"
+            " SELECT b.round_id, b.cluster, count(*) AS selected, count(b.teacher_error) AS failed,"
+            " count(b.task_id) AS imported, count(l.verdict) AS verified,"
+            " sum(l.verdict = 'accept') AS accept, sum(l.verdict = 'edit') AS edit,"
+            " sum(l.verdict = 'reject') AS reject"
+            " FROM batch_items b LEFT JOIN latest l ON l.pool_id = b.pool_id AND l.round_id = b.round_id"
+            " GROUP BY b.round_id, b.cluster ORDER BY b.round_id, b.cluster"
+        )
+
+    def coverage(self) -> list[dict]:
+        """Per cluster and subgroup of the pool: items, items ever selected, items labeled (accept/edit)."""
+        return self._rows(
+            f"WITH latest AS ({self._LATEST})"
+            " SELECT c.cluster, p.subgroup, count(*) AS pool, count(b.pool_id) AS selected,"
+            " count(CASE WHEN l.verdict IN ('accept', 'edit') THEN 1 END) AS labeled"
+            " FROM pool p LEFT JOIN clusters c ON c.pool_id = p.id"
+            " LEFT JOIN batch_items b ON b.pool_id = p.id LEFT JOIN latest l ON l.pool_id = p.id"
+            " GROUP BY c.cluster, p.subgroup ORDER BY c.cluster, p.subgroup"
+        )
+
+    def annotation_times(self) -> list[dict]:
+        """Every annotation in force: round, annotator, lead time and timestamps (for throughput)."""
+        return self._rows(
+            "SELECT annotation_id, round_id, pool_id, annotator, lead_time, created_at, updated_at"
+            " FROM verifications WHERE withdrawn_at IS NULL ORDER BY annotation_id"
+        )
+
+    def export_rows(self, round_ids: Iterable[int] | None = None, verdicts: Iterable[str] | None = None) -> list[dict]:
+        """The latest verification of each pool item joined with its source, batch item and round."""
+        sql = (
+            f"WITH latest AS ({self._LATEST})"
+            " SELECT l.pool_id, l.annotation_id, l.task_id, l.round_id, l.verdict, l.target, l.draft AS shown_draft,"
+            " l.annotator, l.lead_time, l.created_at, l.updated_at, p.text AS source, p.subgroup,"
+            " b.cluster, b.score, b.draft, r.learner_version,"
+            " (SELECT value FROM meta WHERE key = 'round:' || l.round_id || ':model_version') AS teacher"
+            " FROM latest l JOIN pool p ON p.id = l.pool_id JOIN rounds r ON r.id = l.round_id"
+            " LEFT JOIN batch_items b ON b.round_id = l.round_id AND b.pool_id = l.pool_id"
+        )
+        where, params = [], []
+        if round_ids is not None:
+            ids = list(round_ids)
+            where.append(f"l.round_id IN ({','.join('?' * len(ids)) or 'NULL'})")
+            params += ids
+        if verdicts is not None:
+            vs = list(verdicts)
+            where.append(f"l.verdict IN ({','.join('?' * len(vs)) or 'NULL'})")
+            params += vs
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._rows(sql + " ORDER BY l.round_id, l.pool_id", params)
+
+    def annotator_salt(self) -> str:
+        """The random salt for anonymised annotator ids: created once, kept in meta, never exported."""
+        import secrets
+
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('annotator_salt', ?)", [secrets.token_hex(16)]
+            )
+        return self.get_meta("annotator_salt")
 
 
 def _chunks(seq: list, size: int) -> Iterator[list]:

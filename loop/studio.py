@@ -41,7 +41,7 @@ IMPORT_TIMEOUT_S = 600.0  # 10,000 tasks import in about 8 s; leave room for big
 NO_RETRY = {"max_retries": 0}  # writes that must not be repeated blindly (import, annotation)
 
 
-_ANNOTATION_INCLUDE = "id,data,annotations,result,completed_by,was_cancelled,created_at,updated_at"
+_ANNOTATION_INCLUDE = "id,data,annotations,result,completed_by,was_cancelled,created_at,updated_at,lead_time"
 
 
 class _SlimListingIncomplete(Exception):
@@ -71,6 +71,8 @@ class Annotation:
     comment: str | None
     annotator: str | None
     updated_at: str
+    lead_time: float | None = None  # seconds the annotator spent in the editor, as Label Studio measured
+    created_at: str | None = None
 
 
 def _norm(s: str | None) -> str:
@@ -433,6 +435,31 @@ class Studio:
             log.warning("trimmed task listing lacks annotation results; reading full tasks")
             return self._read_annotations(project_id, query, include=None)
 
+    def annotations_for_tasks(self, project_id: int, task_ids: list[int]) -> list[Annotation]:
+        """Like `completed_annotations`, for the given tasks only: the targeted sync a webhook asks for."""
+        if not task_ids:
+            return []
+        wanted = {int(t) for t in task_ids}
+        # an id range, not the list of ids (see _tasks_without_predictions); filtered to `wanted` here
+        query = {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {
+                        "filter": "filter:tasks:id",
+                        "operator": "in",
+                        "type": "Number",
+                        "value": {"min": min(wanted), "max": max(wanted)},
+                    }
+                ],
+            }
+        }
+        try:
+            found = self._read_annotations(project_id, query, include=_ANNOTATION_INCLUDE)
+        except _SlimListingIncomplete:
+            found = self._read_annotations(project_id, query, include=None)
+        return [a for a in found if a.task_id in wanted]
+
     def _read_annotations(self, project_id: int, query: dict, include: str | None) -> list[Annotation]:
         out: list[Annotation] = []
         kw = {"include": include} if include else {}
@@ -468,6 +495,8 @@ class Studio:
                 comment = _textarea_text(item).strip() or None
         final = draft if text is None else text
         updated = ann.get("updated_at") or ann.get("created_at") or ""
+        created = ann.get("created_at")
+        lead = ann.get("lead_time")
         return Annotation(
             annotation_id=int(ann["id"]),
             task_id=task_id,
@@ -478,7 +507,33 @@ class Studio:
             comment=comment,
             annotator=self._annotator(ann),
             updated_at=updated if isinstance(updated, str) else updated.isoformat(),
+            lead_time=float(lead) if isinstance(lead, (int, float)) else None,
+            created_at=created if isinstance(created, str) or created is None else created.isoformat(),
         )
+
+    def export_annotations(self, project_id: int) -> list[dict]:
+        """Every non-cancelled annotation of the project's annotated tasks, with the task's data and the
+        model_version and score of its latest prediction: what `labelloop export --from-studio` reads
+        (for teams that verified without the scheduler). Tasks without a labelloop_key are included."""
+        query = {"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}}
+        out: list[dict] = []
+        for task in self._iter_tasks(project_id, "export annotated tasks", query=query, fields="all"):
+            data = dict(task.data or {})
+            predictions = [p if isinstance(p, dict) else p.model_dump() for p in (task.predictions or [])]
+            predictions = [p for p in predictions if isinstance(p, dict)]
+            latest = max(predictions, key=lambda p: int(p.get("id") or 0), default={})
+            for ann in task.annotations or []:
+                if not isinstance(ann, dict):
+                    ann = ann.model_dump() if hasattr(ann, "model_dump") else dict(ann)
+                if ann.get("was_cancelled"):
+                    continue
+                parsed = self._parse_annotation(ann, int(task.id), str(data.get(KEY_FIELD) or ""),
+                                                str(data.get("draft") or ""))
+                out.append({"annotation": parsed, "data": data, "model_version": latest.get("model_version"),
+                            "score": latest.get("score")})
+        out.sort(key=lambda r: r["annotation"].annotation_id)
+        return out
 
     def annotate(self, task_id: int, *, verdict: str, text: str, comment: str | None = None) -> int:
         """Create an annotation the way the UI would (the response region started from the task's
@@ -527,19 +582,27 @@ class Studio:
 
     # ------------------------------------------------------------------ ML backend and webhook
 
-    def connect_backend(self, project_id: int, url: str, title: str = "labelloop") -> int:
-        """Idempotent: reuse an ML backend with this url on the project, else create it. Label Studio
-        calls the backend's /health and /setup while connecting, so it must be running already; it
-        also adds a webhook to <url>/webhook for all actions by itself."""
+    def connect_backend(
+        self, project_id: int, url: str, title: str = "labelloop", basic_auth: tuple[str, str] | None = None
+    ) -> int:
+        """Idempotent: reuse an ML backend with this url on the project (updating its credentials), else
+        create it. Label Studio calls the backend's /health and /setup while connecting, so it must be
+        running already; it also adds a webhook to <url>/webhook for all actions by itself."""
         want = url.rstrip("/")
+        auth: dict[str, Any] = {"auth_method": "NONE"}
+        if basic_auth is not None:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
         with _calling(f"list ML backends of project {project_id}"):
             backends = self._ls.ml.list(project=project_id)
         for backend in backends:
             if backend.url.rstrip("/") == want and int(backend.project) == int(project_id):
+                if basic_auth is not None or getattr(backend, "auth_method", "NONE") != "NONE":
+                    with _calling(f"update ML backend {backend.id} credentials"):
+                        self._ls.ml.update(id=int(backend.id), request_options=NO_RETRY, **auth)
                 return int(backend.id)
         with _calling(f"connect ML backend {want} to project {project_id} (it must answer /health and /setup)"):
             backend = self._ls.ml.create(
-                project=project_id, url=want, title=title, is_interactive=False, request_options=NO_RETRY
+                project=project_id, url=want, title=title, is_interactive=False, request_options=NO_RETRY, **auth
             )
         log.info("connected ML backend %s (id %s) to project %s", want, backend.id, project_id)
         return int(backend.id)
