@@ -5,6 +5,7 @@ LSVENV := .venv-ls
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STARTER := models/starter/config.json
+BROWSER := /usr/bin/chromedriver
 
 .PHONY: run demo test lint install clean-demo help
 
@@ -29,6 +30,13 @@ $(STARTER): $(STAMP) scripts/build_starter_model.py data/paradetox/starter.tsv
 
 install: $(STAMP) $(LSVENV)/bin/label-studio $(STARTER)
 
+# The dashboard's browser test drives Debian's headless Chromium (no browser download needed).
+$(BROWSER):
+	@if [ "$$(id -u)" = 0 ]; then APT=""; elif command -v sudo >/dev/null; then APT=sudo; else \
+		echo "The dashboard test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"; \
+		exit 1; fi; \
+	$$APT apt-get update -qq && $$APT env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
 run: install
 	$(BIN)/labelloop --config configs/local.toml run
 
@@ -39,7 +47,7 @@ demo: install
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: install lint
+test: install $(BROWSER) lint
 	$(BIN)/python -m pytest
 
 clean-demo:

@@ -20,6 +20,7 @@ from loop import teacher as teacher_mod
 from loop.config import WEBHOOK_SECRET_HEADER, Settings
 from loop.rounds import parse_task_key
 from loop.store import Ledger
+from ml_backend import dashboard
 from ml_backend.openapi import OPENAPI
 
 log = logging.getLogger(__name__)
@@ -185,4 +186,5 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
         reply.headers.setdefault("Cache-Control", "no-store")
         return reply
 
+    dashboard.register(app, ledger)  # /dashboard and /metrics, behind the same auth
     return app

@@ -1,0 +1,218 @@
+"""The dataset export: verified (source, target) pairs with provenance, as JSONL, CSV, Parquet or a
+Hugging Face dataset.
+
+One record per verified pool item (its latest annotation in force), read from the ledger or straight
+from a Label Studio project. Output is deterministic: records are sorted, columns fixed, no export
+timestamp, so a re-export of the same ledger is byte-identical. Annotators appear only as salted-hash
+ids; no secret is ever part of a record.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rapidfuzz.distance import Levenshtein
+
+from loop.status import anonymise
+from loop.store import Ledger
+
+FORMATS = ("jsonl", "csv", "parquet", "hf")
+VERDICTS = ("accept", "edit", "reject")
+SPLIT_NAMES = ("train", "dev", "test")
+# column -> Arrow type name (the fixed schema of every format)
+FIELDS: dict[str, str] = {
+    "id": "string", "source": "string", "target": "string", "draft": "string", "verdict": "string",
+    "edit_distance": "int64", "round": "int64", "cluster": "int64", "subgroup": "string",
+    "teacher_model": "string", "template": "string", "learner_version": "string", "informativeness": "float64",
+    "annotator": "string", "lead_time_s": "float64", "created_at": "string", "updated_at": "string",
+}
+
+
+class ExportError(ValueError):
+    """An export the user asked for that cannot be made (bad format, split, filter or output path)."""
+
+
+def edit_distance(draft: str | None, final: str | None) -> int | None:
+    """Character-level Levenshtein distance from the teacher's draft to the final target (None for a reject)."""
+    if draft is None or final is None:
+        return None
+    return Levenshtein.distance(draft, final)
+
+
+def split_teacher(model_version: str | None) -> tuple[str | None, str | None]:
+    """'teacher-name|template@version' (a round's model_version) -> (teacher model, template@version)."""
+    if not model_version:
+        return None, None
+    model, _, template = model_version.partition("|")
+    return model or None, template or None
+
+
+def _record(*, pool_id: int | None, round_: int | None, source: str, target: str | None, draft: str | None,
+            verdict: str, cluster: Any, subgroup: Any, teacher: str | None, learner_version: str | None,
+            score: Any, annotator: str | None, lead_time: Any, created_at: Any, updated_at: Any,
+            task_id: int | None = None) -> dict:
+    model, template = split_teacher(teacher)
+    target = None if verdict == "reject" else target
+    return {
+        "id": f"r{round_}-p{pool_id}" if pool_id is not None else f"task-{task_id}",
+        "source": source, "target": target, "draft": draft, "verdict": verdict,
+        "edit_distance": edit_distance(draft, target), "round": round_,
+        "cluster": int(cluster) if cluster is not None else None,
+        "subgroup": None if subgroup is None else str(subgroup),
+        "teacher_model": model, "template": template, "learner_version": learner_version,
+        "informativeness": float(score) if score is not None else None, "annotator": annotator,
+        "lead_time_s": float(lead_time) if lead_time is not None else None,
+        "created_at": created_at, "updated_at": updated_at,
+    }
+
+
+def _check_filters(rounds: Iterable[int] | None, verdicts: Iterable[str] | None) -> tuple:
+    verdicts = None if verdicts is None else list(verdicts)
+    bad = [v for v in verdicts or [] if v not in VERDICTS]
+    if bad:
+        raise ExportError(f"verdict filter: unknown verdict(s) {bad}; expected some of {list(VERDICTS)}")
+    return (None if rounds is None else list(rounds)), verdicts
+
+
+def from_ledger(ledger: Ledger, *, rounds: Iterable[int] | None = None,
+                verdicts: Iterable[str] | None = None) -> list[dict]:
+    """Export records from the ledger, optionally only some rounds and verdicts, in (round, pool id) order."""
+    rounds, verdicts = _check_filters(rounds, verdicts)
+    salt = ledger.annotator_salt()
+    return [
+        _record(pool_id=r["pool_id"], round_=r["round_id"], source=r["source"], target=r["target"],
+                draft=r["draft"] if r["draft"] is not None else r["shown_draft"], verdict=r["verdict"],
+                cluster=r["cluster"], subgroup=r["subgroup"], teacher=r["teacher"],
+                learner_version=r["learner_version"], score=r["score"], annotator=anonymise(r["annotator"], salt),
+                lead_time=r["lead_time"], created_at=r["created_at"], updated_at=r["updated_at"])
+        for r in ledger.export_rows(rounds, verdicts)
+    ]
+
+
+def from_studio(studio: Any, project_id: int, *, salt: str, rounds: Iterable[int] | None = None,
+                verdicts: Iterable[str] | None = None) -> list[dict]:
+    """Export records straight from a Label Studio project (a `loop.studio.Studio`), for teams that
+    verified without the scheduler: the latest annotation of each task; round and cluster come from the
+    task's data, teacher and informativeness from its prediction."""
+    from loop.rounds import parse_task_key
+
+    rounds, verdicts = _check_filters(rounds, verdicts)
+    latest: dict[int, dict] = {}
+    for row in studio.export_annotations(project_id):
+        latest[row["annotation"].task_id] = row  # rows come in annotation id order: the last one wins
+    out = []
+    for row in latest.values():
+        ann, data = row["annotation"], row["data"]
+        key = parse_task_key(ann.key) if ann.key else None
+        round_ = key[0] if key else data.get("round")
+        if (rounds is not None and round_ not in rounds) or (verdicts is not None and ann.verdict not in verdicts):
+            continue
+        out.append(_record(
+            pool_id=key[1] if key else None, task_id=ann.task_id, round_=round_, source=str(data.get("text") or ""),
+            target=ann.text, draft=ann.draft, verdict=ann.verdict, cluster=data.get("cluster"),
+            subgroup=data.get("subgroup"), teacher=row["model_version"], learner_version=data.get("learner_version"),
+            score=row["score"], annotator=anonymise(ann.annotator, salt), lead_time=ann.lead_time,
+            created_at=ann.created_at, updated_at=ann.updated_at,
+        ))
+    out.sort(key=lambda r: (r["round"] is None, r["round"] or 0, r["id"]))
+    return out
+
+
+def parse_split(text: str) -> dict[str, float]:
+    """'0.8,0.1,0.1' -> {'train': 0.8, 'dev': 0.1, 'test': 0.1}; two values give train and test."""
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise ExportError(
+            f"--split {text!r}: expected two or three comma-separated fractions, e.g. 0.8,0.1,0.1") from None
+    if len(parts) not in (2, 3) or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise ExportError(f"--split {text!r}: expected two or three non-negative fractions summing to 1")
+    names = SPLIT_NAMES if len(parts) == 3 else ("train", "test")
+    return dict(zip(names, parts, strict=True))
+
+
+def assign_splits(records: list[dict], ratios: dict[str, float], seed: int) -> dict[str, list[dict]]:
+    """Split records by a seeded hash of their id: deterministic, and an item keeps its split when later
+    rounds add records (no test item ever moves into train)."""
+    out: dict[str, list[dict]] = {name: [] for name in ratios}
+    for rec in records:
+        digest = hashlib.sha256(f"{seed}\x00{rec['id']}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        edge, chosen = 0.0, list(ratios)[-1]  # float rounding past the last edge lands in the last split
+        for name, share in ratios.items():
+            edge += share
+            if u < edge:
+                chosen = name
+                break
+        out[chosen].append(rec)
+    return out
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in FIELDS.items()])
+
+
+def _write_file(records: list[dict], path: Path, fmt: str) -> None:
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        path.write_text(buf.getvalue(), encoding="utf-8")
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records, schema=_arrow_schema()), path)
+
+
+def _hf_dataset(records: list[dict]):
+    import datasets
+
+    datasets.disable_progress_bars()  # a bar per shard per split is noise in an export
+    features = datasets.Features({name: datasets.Value(kind) for name, kind in FIELDS.items()})
+    return datasets.Dataset.from_list(records, features=features)
+
+
+def write(records: list[dict] | dict[str, list[dict]], out: str | Path, fmt: str) -> list[Path]:
+    """Write records (or named splits of them) to `out`; returns the paths written.
+
+    Without splits `out` is a file (a directory for `hf`); with splits it is a directory holding one
+    file per split (`train.jsonl`, ...), or one `DatasetDict` for `hf`."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: expected one of {list(FORMATS)}")
+    out = Path(out)
+    if isinstance(records, dict):
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"{out}: a split export writes a directory, and this is a file")
+        out.mkdir(parents=True, exist_ok=True)
+        if fmt == "hf":
+            import datasets
+
+            datasets.DatasetDict({n: _hf_dataset(rs) for n, rs in records.items()}).save_to_disk(str(out))
+            return [out]
+        paths = []
+        for name, rs in records.items():
+            _write_file(rs, out / f"{name}.{fmt}", fmt)
+            paths.append(out / f"{name}.{fmt}")
+        return paths
+    if fmt == "hf":
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"{out}: an hf export writes a directory, and this is a file")
+        _hf_dataset(records).save_to_disk(str(out))
+        return [out]
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give a file path such as {out / ('dataset.' + fmt)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(records, out, fmt)
+    return [out]

@@ -1,0 +1,193 @@
+"""The project manager's facts: progress, verdicts, coverage, throughput, cost and learner quality.
+
+Pure functions over the ledger returning plain dicts and lists (JSON-ready), shared by
+`labelloop status` and the dashboard so both always show the same numbers. Verdicts count the
+latest annotation in force of each item; annotators appear only as salted-hash ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from loop.store import Ledger
+
+REJECT_THRESHOLD = 0.3  # a cluster whose teacher drafts are rejected more often than this is flagged
+MIN_VERIFIED = 5  # ... once at least this many of its items are verified (fewer is noise)
+
+
+def anonymise(annotator: str | None, salt: str) -> str | None:
+    """A stable, salted id for an annotator (never the email): 'ann-' + 10 hex digits."""
+    if annotator is None:
+        return None
+    return "ann-" + hashlib.sha256(f"{salt}\x00{annotator}".encode()).hexdigest()[:10]
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 timestamp (Label Studio's or the ledger's) as an aware UTC datetime; None if absent."""
+    if not value:
+        return None
+    stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _verdicts(row: dict) -> dict:
+    """Counts plus accept/edit/reject rates over the verified items of a row."""
+    verified = row["verified"]
+    return {
+        **row,
+        "accept_rate": _rate(row["accept"], verified),
+        "edit_rate": _rate(row["edit"], verified),
+        "reject_rate": _rate(row["reject"], verified),
+    }
+
+
+def cluster_rows(ledger: Ledger) -> list[dict]:
+    """Per round and cluster: selected, imported, verified, remaining, verdicts and their rates."""
+    out = []
+    for r in ledger.cluster_progress():
+        row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported", "verified", "accept", "edit", "reject")}
+        row = {"round": r["round_id"], "cluster": r["cluster"], **row,
+               "remaining": max(row["imported"] - row["verified"], 0)}
+        out.append(_verdicts(row))
+    return out
+
+
+def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
+    """Per round: state, strategy, learner, teacher, and the sums of its clusters' counts."""
+    out = []
+    for r in ledger.rounds():
+        mine = [c for c in clusters if c["round"] == r["id"]]
+        sums = {k: sum(c[k] for c in mine)
+                for k in ("selected", "failed", "imported", "verified", "remaining", "accept", "edit", "reject")}
+        out.append(_verdicts({
+            "round": r["id"], "state": r["state"], "strategy": r["strategy"], "budget": r["budget"],
+            "learner_version": r["learner_version"], "teacher": ledger.get_meta(f"round:{r['id']}:model_version"),
+            "error": r["error"], "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,
+        }))
+    return out
+
+
+def teacher_fit(clusters: list[dict], threshold: float = REJECT_THRESHOLD,
+                min_verified: int = MIN_VERIFIED) -> list[dict]:
+    """The teacher's rejection rate per cluster over all rounds, flagged above `threshold`: the paper's
+    failure signature (the teacher does not suit that region of the data)."""
+    totals: dict[int, dict] = defaultdict(lambda: {"verified": 0, "reject": 0})
+    for c in clusters:
+        totals[c["cluster"]]["verified"] += c["verified"]
+        totals[c["cluster"]]["reject"] += c["reject"]
+    out = []
+    for cluster in sorted(totals):
+        t = totals[cluster]
+        rate = _rate(t["reject"], t["verified"])
+        flagged = rate is not None and t["verified"] >= min_verified and rate > threshold
+        out.append({"cluster": cluster, **t, "reject_rate": rate, "flagged": flagged})
+    return out
+
+
+def coverage(ledger: Ledger) -> dict:
+    """Cluster sizes and how much of each cluster and each subgroup the labeled set covers."""
+    rows = ledger.coverage()
+
+    def fold(key: str) -> list[dict]:
+        acc: dict[Any, dict] = {}
+        for r in rows:
+            a = acc.setdefault(r[key], {key: r[key], "pool": 0, "selected": 0, "labeled": 0})
+            for k in ("pool", "selected", "labeled"):
+                a[k] += r[k]
+        ordered = sorted(acc.values(), key=lambda a: (a[key] is None, a[key] if a[key] is not None else 0))
+        return [{**a, "coverage": _rate(a["labeled"], a["pool"])} for a in ordered]
+
+    subgroups = fold("subgroup") if any(r["subgroup"] is not None for r in rows) else []
+    return {"clusters": fold("cluster"), "subgroups": subgroups}
+
+
+def annotators(ledger: Ledger) -> dict:
+    """Throughput per (anonymised) annotator and overall: annotations, median lead time, per hour
+    of wall-clock time between their first and last annotation."""
+    salt = ledger.annotator_salt()
+    rows = ledger.annotation_times()
+    by: dict[str | None, list[dict]] = defaultdict(list)
+    for r in rows:
+        by[anonymise(r["annotator"], salt)].append(r)
+
+    def summary(items: list[dict]) -> dict:
+        leads = [r["lead_time"] for r in items if r["lead_time"] is not None]
+        starts = [parse_time(r["created_at"] or r["updated_at"]) for r in items]
+        ends = [parse_time(r["updated_at"] or r["created_at"]) for r in items]
+        starts, ends = [s for s in starts if s], [e for e in ends if e]
+        hours = (max(ends) - min(starts)).total_seconds() / 3600 if starts and ends else 0.0
+        return {
+            "annotations": len(items),
+            "median_lead_time_s": round(statistics.median(leads), 2) if leads else None,
+            "per_hour": round(len(items) / hours, 2) if hours > 0 else None,
+        }
+
+    people = [{"annotator": who, **summary(items)} for who, items in by.items()]
+    people.sort(key=lambda p: (-p["annotations"], p["annotator"] or ""))
+    return {"annotators": people, "overall": summary(rows)}
+
+
+def estimate(ledger: Ledger, round_row: dict | None, now: datetime) -> dict | None:
+    """When the current round's batch completes at the pace seen so far in this round (None when
+    there is no open batch or no pace yet)."""
+    if round_row is None or round_row["state"] not in ("imported", "verifying"):
+        return None
+    mine = [r for r in ledger.annotation_times() if r["round_id"] == round_row["round"]]
+    remaining = round_row["remaining"]
+    if remaining == 0:
+        return {"remaining": 0, "per_hour": None, "eta": now.isoformat(timespec="seconds"), "hours_left": 0.0}
+    starts = [t for r in mine if (t := parse_time(r["created_at"] or r["updated_at"]))]
+    ends = [t for r in mine if (t := parse_time(r["updated_at"] or r["created_at"]))]
+    if len(mine) < 2 or not starts or not ends or max(ends) <= min(starts):
+        return {"remaining": remaining, "per_hour": None, "eta": None, "hours_left": None}
+    per_hour = len(mine) / ((max(ends) - min(starts)).total_seconds() / 3600)
+    hours_left = remaining / per_hour
+    return {"remaining": remaining, "per_hour": round(per_hour, 2), "hours_left": round(hours_left, 2),
+            "eta": (now + timedelta(hours=hours_left)).isoformat(timespec="seconds")}
+
+
+def learners(ledger: Ledger) -> list[dict]:
+    """Learner versions in creation order with their metrics and gate status; `current` marks the one in use."""
+    current = (ledger.current_model() or {}).get("version")
+    return [
+        {"version": v["version"], "parent": v["parent"], "round": v["round_id"], "pairs": v["pairs"],
+         "metrics": v["metrics"], "status": v.get("status"), "current": v["version"] == current,
+         "created_at": v["created_at"]}
+        for v in ledger.model_versions()
+    ]
+
+
+def teacher(ledger: Ledger, rounds: list[dict]) -> dict:
+    """The teacher's calls, failures, tokens and cost, in all and per round (from the ledger's usage)."""
+    return {"total": ledger.teacher_usage(), "rounds": {r["round"]: ledger.teacher_usage(r["round"]) for r in rounds}}
+
+
+def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: float = REJECT_THRESHOLD,
+          min_verified: int = MIN_VERIFIED) -> dict:
+    """Everything `labelloop status` and the dashboard show, as one JSON-ready dict."""
+    now = now or datetime.now(timezone.utc)
+    clusters = cluster_rows(ledger)
+    rounds = round_rows(ledger, clusters)
+    current = rounds[-1] if rounds else None
+    return {
+        "generated_at": now.isoformat(timespec="seconds"),
+        "pool": {"items": ledger.pool_count(), "never_sent": len(ledger.unsent_pool_ids())},
+        "current": current,
+        "estimate": estimate(ledger, current, now),
+        "rounds": rounds,
+        "clusters": clusters,
+        "teacher_fit": teacher_fit(clusters, reject_threshold, min_verified),
+        "reject_threshold": reject_threshold,
+        "coverage": coverage(ledger),
+        "annotation": annotators(ledger),
+        "teacher": teacher(ledger, rounds),
+        "learners": learners(ledger),
+    }
