@@ -270,6 +270,9 @@ def _full_sync_due(ctx: Context) -> bool:
 def train_round(ctx: Context, round_id: int) -> str:
     """Fine-tune the current learner on all verified pairs; register the new version."""
     s, ledger = ctx.settings, ctx.ledger
+    trained = [v["version"] for v in ledger.model_versions() if v["round_id"] == round_id]
+    if trained:  # a crash after registering the checkpoint, before the round was marked done
+        return trained[-1]
     pairs = ledger.verified_pairs()
     parent = current_learner(ctx)
     if not pairs:

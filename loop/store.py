@@ -824,6 +824,9 @@ class Ledger:
         """The random salt for anonymised annotator ids: created once, kept in meta, never exported."""
         import secrets
 
+        salt = self.get_meta("annotator_salt")
+        if salt is not None:  # the common case reads only: the dashboard must not take the write lock
+            return salt
         with self.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('annotator_salt', ?)", [secrets.token_hex(16)]

@@ -95,11 +95,14 @@ def test_cache_key_changes_with_model_template_version_and_params(ledger):
 
 
 def test_unreachable_api_fails_each_item_with_a_reason(ledger):
-    t = teacher.OpenAITeacher(model="m", api_key=SECRET, base_url="http://127.0.0.1:9/v1", timeout=2)
+    t = teacher.OpenAITeacher(model="m", api_key=SECRET, base_url="http://127.0.0.1:9/v1", timeout=2,
+                              max_attempts=3, backoff=0.01)
     result = teacher.distill(ledger, t, teacher.load_template("style_transfer"), items("you idiot"))
     _, draft, error = result[1]
-    assert draft is None and "Connection" in error and SECRET not in error
+    assert draft is None and "connection error" in error and "after 3 attempts" in error and SECRET not in error
     assert ledger.cached_outputs([result[1][0]]) == {}  # a failure is never cached
+    assert ledger.teacher_usage() | {"cost": 0} == {"calls": 1, "attempts": 3, "failures": 1, "cached": 0,
+                                                    "prompt_tokens": 0, "completion_tokens": 0, "cost": 0}
 
 
 def test_reference_teacher_replays_the_reference_and_reports_missing_ones(ledger):
@@ -113,3 +116,223 @@ def test_output_that_repeats_the_input_is_rejected(ledger):
     batch = [{"pool_id": 1, "text": "Same Text", "reference": "same text"}]
     result = teacher.distill(ledger, teacher.ReferenceTeacher(), teacher.load_template("style_transfer"), batch)
     assert result[1][1] is None and result[1][2] == "output repeats the input"
+
+
+# --- production path: faults, limits, checks, accounting -------------------------------------------------
+def fast(server: FakeOpenAI, **kw) -> teacher.OpenAITeacher:
+    """A teacher against the local server with short waits, so that fault tests stay fast."""
+    options = {"model": "gpt-test", "api_key": SECRET, "base_url": server.base_url, "backoff": 0.01,
+               "timeout": 0.5, "max_attempts": 3, "concurrency": 4} | kw
+    return teacher.OpenAITeacher(**options)
+
+
+TRANSIENT = ["429", "500", "slow", "malformed", "disconnect", "refusal", "empty", "echo"]
+
+
+@pytest.mark.parametrize("fault", TRANSIENT)
+def test_one_fault_is_retried_and_the_item_distilled(ledger, fault):
+    template = teacher.load_template("style_transfer")
+    batch = items("You are a moron", "what a stupid idea", "shut up already")
+    with FakeOpenAI(script={"moron": [fault]}, retry_after=0.05, slow_s=1.5) as server:
+        result = teacher.distill(ledger, fast(server), template, batch, round_id=1)
+    assert {pid: r[1] for pid, r in result.items()} == {
+        it["pool_id"]: rewrite(template.render(text=it["text"])) for it in batch
+    }
+    assert server.fault_counts == {fault: 1} and len(server.requests) == 4
+    usage = ledger.teacher_usage(1)
+    assert (usage["calls"], usage["attempts"], usage["failures"]) == (3, 4, 0)
+    assert ledger.teacher_usage_by_item(1)[1]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    "fault, reason, attempts",
+    [("429", "429 rate limited", 3), ("500", "500 server error", 3), ("slow", "timeout after 0.5 s", 3),
+     ("malformed", "malformed response", 3), ("refusal", "refusal", 2), ("empty", "empty output", 2),
+     ("echo", "output repeats the input", 2), ("401", "401 AuthenticationError", 1)],
+)
+def test_a_persistent_fault_fails_only_that_item_with_its_reason(ledger, fault, reason, attempts):
+    batch = items("You are a moron", "what a stupid idea", "shut up already")
+    with FakeOpenAI(script={"moron": [fault] * 5}, retry_after=0.05, slow_s=1.5) as server:
+        result = teacher.distill(ledger, fast(server), teacher.load_template("style_transfer"), batch, round_id=1)
+    key, draft, error = result[1]
+    assert draft is None and reason in error
+    assert result[2][1] and result[3][1]  # the rest of the batch is unharmed
+    assert server.fault_counts[fault] == attempts  # bounded: at most max_attempts, checks retried once
+    assert ledger.cached_outputs([key]) == {}
+    assert ledger.teacher_failures(1) == [{"round_id": 1, "pool_id": 1, "attempt": attempts, "reason": error}]
+
+
+def test_random_faults_every_item_ends_distilled_or_failed_and_a_rerun_asks_only_the_failed(ledger):
+    template = teacher.load_template("style_transfer")
+    batch = items(*(f"text number {i} you idiot" for i in range(40)))
+    with FakeOpenAI(fault_rate=0.3, retry_after=0.05, slow_s=1.0, seed=3) as server:
+        t = fast(server, timeout=0.3, max_attempts=4, concurrency=8)
+        first = teacher.distill(ledger, t, template, batch, round_id=1)
+        assert set(first) == {it["pool_id"] for it in batch}
+        for it in batch:
+            _, draft, error = first[it["pool_id"]]
+            assert (draft == rewrite(template.render(text=it["text"])) and error is None) or (draft is None and error)
+        distilled = [pid for pid, r in first.items() if r[1]]
+        assert len(distilled) >= 30
+        assert ledger.teacher_usage(1)["attempts"] == len(server.requests) > 40
+        served = len(server.requests)
+        server.fault_rate = 0.0
+        again = teacher.distill(ledger, t, template, batch, round_id=2)
+    assert len(server.requests) - served == 40 - len(distilled)  # cached items cost no call
+    assert all(r[1] for r in again.values())
+    assert ledger.teacher_usage(2)["cached"] == len(distilled)
+
+
+def test_retry_after_is_honoured(ledger):
+    with FakeOpenAI(script={"moron": ["429"]}, retry_after=0.6) as server:
+        teacher.distill(ledger, fast(server), teacher.load_template("style_transfer"), items("You are a moron"))
+    first, second = (e["t"] for e in server.log)
+    assert second - first >= 0.6
+
+
+def test_requests_per_period_never_exceed_the_limit(ledger):
+    with FakeOpenAI() as server:
+        t = fast(server, rpm=4, rate_period=0.5, concurrency=8)
+        result = teacher.distill(ledger, t, teacher.load_template("style_transfer"),
+                                 items(*(f"item {i} idiot" for i in range(12))))
+    assert all(r[1] for r in result.values())
+    arrivals = sorted(e["t"] for e in server.log)
+    assert max(sum(1 for u in arrivals if t0 <= u < t0 + 0.5) for t0 in arrivals) == 4
+
+
+def test_tokens_per_period_never_exceed_the_limit(ledger):
+    template = teacher.load_template("style_transfer")
+    batch = items(*(f"item {i} idiot" for i in range(10)))
+    messages = template.messages(template.render(text=batch[0]["text"]))
+    reserve = sum(len(m["content"].encode()) + 8 for m in messages) + 200
+    with FakeOpenAI() as server:
+        t = fast(server, tpm=2 * reserve + 20, rate_period=0.4, concurrency=8)
+        result = teacher.distill(ledger, t, template, batch)
+    assert all(r[1] for r in result.values())
+    log = sorted((e["t"], e["tokens"]) for e in server.log)
+    assert max(sum(k for u, k in log if t0 <= u < t0 + 0.4) for t0, _ in log) <= 2 * reserve + 20
+
+
+def test_rate_limiter_holds_a_settled_slot_for_one_period():
+    limiter = teacher.RateLimiter(rpm=10, tpm=100, period=0.3)
+    slot = limiter.acquire(60)
+    limiter.settle(slot, 60)
+    settled = slot[0]
+    limiter.acquire(50)  # 60 + 50 > 100: waits until the first slot leaves the window
+    assert slot[0] is not None and __import__("time").monotonic() - settled >= 0.3
+    with pytest.raises(ValueError, match="more than teacher.tpm=100"):
+        limiter.acquire(101)
+
+
+def test_a_prompt_over_the_token_limit_fails_without_a_call(ledger):
+    with FakeOpenAI() as server:
+        result = teacher.distill(ledger, fast(server, tpm=50), teacher.load_template("style_transfer"),
+                                 items("you idiot"))
+    assert result[1][1] is None and "more than teacher.tpm=50" in result[1][2]
+    assert server.requests == []
+
+
+def test_tokens_and_cost_are_accounted_per_item_round_and_total(ledger):
+    template = teacher.load_template("style_transfer")
+    batch = items("You are a moron", "what a stupid idea")
+    with FakeOpenAI(script={"moron": ["refusal"]}) as server:
+        t = fast(server, prices={"gpt-te": (9.0, 9.0), "gpt-test": (1.0, 2.0)})  # longest prefix wins
+        teacher.distill(ledger, t, template, batch, round_id=7)
+    prompt = sum(len(m["content"].split()) for r in server.requests for m in r["messages"])
+    total = sum(e["tokens"] for e in server.log)
+    usage = ledger.teacher_usage(7)
+    assert (usage["prompt_tokens"], usage["prompt_tokens"] + usage["completion_tokens"]) == (prompt, total)
+    assert usage["cost"] == pytest.approx((prompt * 1.0 + (total - prompt) * 2.0) / 1e6)
+    assert ledger.teacher_usage() == usage and ledger.teacher_usage(8)["attempts"] == 0
+    per_item = ledger.teacher_usage_by_item(7)
+    assert per_item[1]["attempts"] == 2 and per_item[2]["attempts"] == 1  # the refused answer is billed too
+    assert sum(i["prompt_tokens"] for i in per_item.values()) == prompt
+
+
+def test_secrets_never_reach_logs_errors_or_the_ledger(ledger, caplog):
+    caplog.set_level(logging.DEBUG)
+    batch = items("You are a moron", "what a stupid idea", "shut up already")
+    with FakeOpenAI(script={"moron": ["401"], "stupid": ["500", "disconnect", "500"]}) as server:
+        result = teacher.distill(ledger, fast(server), teacher.load_template("style_transfer"), batch, round_id=1)
+    assert all(h == f"Bearer {SECRET}" for h in server.auth_headers)  # the key was really sent
+    assert result[1][2] == "401 AuthenticationError" and result[2][1] is None
+    ledger.close()
+    stored = b"".join(p.read_bytes() for p in ledger.path.parent.glob("ledger.sqlite*"))
+    assert SECRET.encode() not in stored
+    assert SECRET not in caplog.text and "Bearer" not in caplog.text
+
+
+def test_few_shot_examples_become_chat_turns(ledger):
+    template = teacher.load_template("style_transfer")
+    assert len(template.examples) == 2
+    with FakeOpenAI() as server:
+        teacher.distill(ledger, fast(server), template, items("you idiot"))
+    roles = [m["role"] for m in server.requests[0]["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert server.requests[0]["messages"][2]["content"] == template.examples[0][1]
+
+
+def test_an_example_missing_a_field_names_its_line(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("name: mine\nversion: 3\n---\nFix: {text}\n--- example\ntext: a\noutput: b\n"
+                    "--- example\noutput: only an answer\n")
+    with pytest.raises(teacher.TemplateError, match=r"mine.txt:8: example 2: field\(s\) text missing"):
+        teacher.load_template("style_transfer", path)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [("", "empty output"), ("ok", None), ("x" * 50, "longer than 40"), ("You Are A MORON!", "repeats the input"),
+     ("I'm sorry, but I can't help with that.", "refusal"), ("As an AI, I cannot do this.", "refusal"),
+     ("I can't assist with rewriting this.", "refusal"), ("Sorry to hear that you feel so.", None),
+     ("I won the argument, fair and square.", None)],
+)
+def test_output_checks(text, reason):
+    got = teacher.check_output(text, "you are a moron", min_chars=2, max_chars=40)
+    assert (got is None) if reason is None else (reason in got)
+
+
+# --- distill_round: failed items are reported, never imported, and topped up from the same cluster ------
+def test_distill_round_tops_up_failed_items_from_the_same_cluster(tmp_path, ledger):
+    from loop import rounds
+    from loop.config import load_settings
+
+    # cluster 0: 1 (no reference: fails), 2 ok | unsent: 5 (no reference, best score: fails too), 6 ok, 7 ok
+    # cluster 1: 3 ok, 4 ok                     | unsent: 8 ok (must not be used: cluster 1 needs nothing)
+    spec = {1: (0, None, 0.9), 2: (0, "r2", 0.8), 3: (1, "r3", 0.9), 4: (1, "r4", 0.8),
+            5: (0, None, 0.7), 6: (0, "r6", 0.6), 7: (0, "r7", 0.5), 8: (1, "r8", 0.9)}
+    ledger.add_pool([{"text": f"text {i}", "norm": f"text {i}", "reference": ref} for i, (_, ref, _) in spec.items()])
+    ids = sorted(spec)
+    ledger.put_clusters("test", ids, [spec[i][0] for i in ids])
+    ledger.put_scores("v0", "profanity", ids, [f"interim {i}" for i in ids], [spec[i][2] for i in ids])
+    rid = ledger.create_round(strategy="stratified", budget=4, learner_version="v0", items=[
+        {"pool_id": i, "cluster": spec[i][0], "score": spec[i][2], "interim": f"interim {i}"} for i in (1, 2, 3, 4)])
+    settings = load_settings(data_dir=str(tmp_path), teacher__kind="reference")
+    ctx = rounds.Context(settings, ledger)
+
+    result = rounds.distill_round(ctx, rid)
+
+    assert result["distilled"] == 4 and result["failed"] == 2 and result["topped_up"] == 2
+    assert ledger.topups(rid) == {5: 1, 6: 5}  # 5 replaced 1 and failed; 6 replaced 5
+    batch = {b["pool_id"]: b for b in ledger.batch(rid)}
+    assert set(batch) == {1, 2, 3, 4, 5, 6}
+    assert sorted(p for p, b in batch.items() if b["draft"]) == [2, 3, 4, 6]  # what import_round imports
+    assert batch[1]["teacher_error"] == batch[5]["teacher_error"] == "no reference for this item"
+    assert [f["pool_id"] for f in ledger.teacher_failures(rid)] == [1, 5]
+
+    again = rounds.distill_round(ctx, rid)  # resuming after a crash changes nothing
+    assert again == result and len(ledger.batch(rid)) == 6
+
+
+def test_settings_reach_the_teacher_and_prices_come_from_the_environment(monkeypatch):
+    from loop.config import load_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("LABELLOOP_TEACHER__PRICES", '{"my-model": [1.5, 3.0]}')
+    settings = load_settings(teacher__model="my-model-2025", teacher__rpm=60, teacher__tpm=9000,
+                             teacher__max_attempts=2, teacher__max_chars=300)
+    t = teacher.from_settings(settings)
+    assert (t.rpm, t.tpm, t.max_attempts, t.max_chars) == (60, 9000, 2, 300)
+    assert t.cost(1_000_000, 1_000_000) == pytest.approx(4.5)  # priced by the prefix "my-model"
+    assert teacher.OpenAITeacher(model="unknown", api_key="k").cost(10**6, 10**6) == 0.0
+    assert SECRET not in repr(t)

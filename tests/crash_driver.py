@@ -1,0 +1,42 @@
+"""Drive rounds until N are done, annotating as a person would: the process the kill -9 test kills.
+
+Usage: python tests/crash_driver.py SETTINGS.json ROUNDS  (LABEL_STUDIO_API_KEY in the environment).
+Prints "ready" once the heavy imports and the learner are loaded, so that kills land in round work.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from loop import annotators, embed, learner, rounds
+from loop.config import load_settings
+from loop.store import Ledger
+from loop.studio import Studio
+
+
+def main() -> int:
+    settings = load_settings(sys.argv[1])
+    wanted = int(sys.argv[2])
+    ledger = Ledger(settings.ledger_path)
+    studio = Studio(settings.studio.url, os.environ["LABEL_STUDIO_API_KEY"])
+    ctx = rounds.Context(settings, ledger, studio, project_id=int(ledger.get_meta("project_id")))
+    learner.load(rounds.current_learner(ctx)["path"])
+    embed.embed(["warm up"], model=settings.embed.model)
+    print("ready", flush=True)
+    rng = np.random.default_rng()
+    while sum(r["state"] == "done" for r in ledger.rounds()) < wanted:
+        what = rounds.advance(ctx)
+        if what.startswith("waiting"):
+            # a person sees which tasks already carry an annotation; never annotate one twice
+            annotated = {a.task_id for a in studio.completed_annotations(ctx.project_id)}
+            annotators.annotate_pending(ctx, rng, done=annotated)
+        elif what.startswith("idle"):
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
