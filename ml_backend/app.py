@@ -9,6 +9,7 @@ auth and a webhook shared secret come from the environment.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 from typing import Any
@@ -119,18 +120,23 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
         body()  # validates; the access_token it may carry is never stored or logged
         return jsonify({"model_version": learner_version()})
 
-    def live_draft(task: dict) -> tuple[str | None, str]:
-        """The teacher's output for a task the ledger has never seen (cached in the ledger)."""
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
-        text = data.get("text")
-        if not isinstance(text, str) or not text.strip():
-            return None, "no-text"
-        reference = data.get("reference") if isinstance(data.get("reference"), str) else None
-        template = teacher_mod.load_template(settings.task, settings.teacher.template)
-        t = teacher_mod.from_settings(settings)
-        item = {"pool_id": 0, "text": text, "reference": reference}
-        _, draft, _ = teacher_mod.distill(ledger, t, template, [item])[0]
-        return draft, f"{t.name}|{template.name}@{template.version}"
+    @functools.cache
+    def live_teacher() -> tuple[teacher_mod.Teacher, teacher_mod.Template]:
+        """One teacher per app (so its rate limits hold across requests), made on the first miss."""
+        return teacher_mod.from_settings(settings), teacher_mod.load_template(settings.task, settings.teacher.template)
+
+    def live_drafts(tasks: dict[int, dict]) -> tuple[dict[int, str | None], str]:
+        """The teacher's outputs for tasks the ledger has never seen, asked in one batch (and cached)."""
+        items = []
+        for position, task in tasks.items():
+            data = task.get("data") if isinstance(task.get("data"), dict) else {}
+            text, reference = data.get("text"), data.get("reference")
+            if isinstance(text, str) and text.strip():
+                items.append({"pool_id": position, "text": text,
+                              "reference": reference if isinstance(reference, str) else None})
+        t, template = live_teacher()
+        drafts = {pid: draft for pid, (_, draft, _) in teacher_mod.distill(ledger, t, template, items).items()}
+        return drafts, f"{t.name}|{template.name}@{template.version}"
 
     def stored_item(task: dict) -> dict | None:
         item = None
@@ -154,15 +160,22 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
         for position, task in enumerate(tasks):
             if not isinstance(task, dict):
                 raise BadRequest(f"tasks[{position}] must be an object")
-        results = []
-        for task in tasks:
+        results: list[dict | None] = []
+        misses: dict[int, dict] = {}
+        for position, task in enumerate(tasks):
             item = stored_item(task)
             if item is not None and item.get("draft"):
                 version = ledger.get_meta(f"round:{item['round_id']}:model_version", "teacher")
                 results.append(prediction(item["draft"], item["score"], version))
-                continue
-            draft, version = live_draft(task)
-            results.append(prediction(draft, None, version) if draft else {"model_version": version, "result": []})
+            else:
+                results.append(None)
+                misses[position] = task
+        if misses:
+            drafts, version = live_drafts(misses)
+            for position in misses:
+                draft = drafts.get(position)
+                results[position] = prediction(draft, None, version) if draft else {"model_version": version,
+                                                                                      "result": []}
         return jsonify({"results": results})
 
     @app.post("/webhook")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -9,6 +10,9 @@ from contextlib import contextmanager
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
 from loop.config import load_settings
@@ -97,3 +101,98 @@ def test_malformed_requests_get_a_json_400(backend, route, payload):
     url, _ = backend
     reply = requests.post(f"{url}{route}", data=payload, headers={"Content-Type": "application/json"}, timeout=5)
     assert reply.status_code == 400 and "error" in reply.json()
+
+
+@pytest.fixture
+def secured(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("BASIC_AUTH_USER", "ls")
+    monkeypatch.setenv("BASIC_AUTH_PASS", "pa55-word")
+    monkeypatch.setenv("LABELLOOP_WEBHOOK_SECRET", "hook-secret")
+    settings = load_settings(data_dir=str(tmp_path))
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    "route, auth, status",
+    [("/predict", None, 401), ("/predict", ("ls", "wrong"), 401), ("/predict", ("ls", "pa55-word"), 200),
+     ("/setup", None, 401), ("/setup", ("ls", "pa55-word"), 200), ("/health", None, 200),
+     ("/openapi.json", None, 200)],
+)
+def test_basic_auth_guards_every_route_but_health(secured, route, auth, status):
+    method = requests.get if route in ("/health", "/openapi.json") else requests.post
+    reply = method(f"{secured}{route}", json={"tasks": []}, auth=auth, timeout=5)
+    assert reply.status_code == status
+    assert "pa55-word" not in reply.text
+
+
+@pytest.mark.parametrize("header, status", [(None, 403), ("wrong", 403), ("hook-secret", 201)])
+def test_webhook_demands_the_shared_secret_when_configured(secured, header, status):
+    headers = {"X-Labelloop-Secret": header} if header else {}
+    reply = requests.post(f"{secured}/webhook", json={"action": "ANNOTATION_CREATED"}, headers=headers,
+                          auth=("ls", "pa55-word"), timeout=5)
+    assert reply.status_code == status and "hook-secret" not in reply.text
+
+
+def test_openapi_describes_every_route(backend):
+    url, _ = backend
+    spec = requests.get(f"{url}/openapi.json", timeout=5).json()
+    assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/health", "/setup", "/predict", "/webhook"}
+
+
+def test_oversized_body_is_a_json_413(backend):
+    url, _ = backend
+    reply = requests.post(f"{url}/predict", data=b"x" * (9 * 1024 * 1024),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert reply.status_code == 413 and "error" in reply.json()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+TASK = st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.integers(), st.text(max_size=5), st.none()),
+    "data": st.one_of(JSON, st.fixed_dictionaries({}, optional={
+        "text": st.one_of(st.text(max_size=40), st.integers()), "labelloop_key": st.text(max_size=12),
+        "reference": st.one_of(st.text(max_size=20), st.none())})),
+})
+BODIES = {
+    "/predict": st.one_of(JSON, st.fixed_dictionaries({"tasks": st.one_of(JSON, st.lists(TASK, max_size=5))})),
+    "/webhook": st.one_of(JSON, st.fixed_dictionaries({}, optional={
+        "action": JSON, "project": JSON, "task": JSON, "annotation": JSON})),
+    "/setup": st.one_of(JSON, st.fixed_dictionaries({}, optional={
+        "project": JSON, "schema": JSON, "access_token": JSON, "extra_params": JSON})),
+}
+FUZZ_CASES = 150
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.delenv("OPENAI_API_KEY", raising=False)
+    settings = load_settings(data_dir=str(tmp_path_factory.mktemp("fuzz")))
+    with serve(create_app(settings)) as url, requests.Session() as http:
+        yield url, http
+    mp.undo()
+
+
+@pytest.mark.parametrize("route", sorted(BODIES))
+def test_fuzzed_bodies_never_get_a_5xx(fuzz_target, route):
+    url, http = fuzz_target
+    seen = []
+
+    @hsettings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None, derandomize=True)
+    @given(body=BODIES[route], raw=st.booleans(), junk=st.binary(max_size=64))
+    def check(body, raw, junk):
+        payload = junk if raw else json.dumps(body).encode()
+        reply = http.post(f"{url}{route}", data=payload, headers={"Content-Type": "application/json"}, timeout=10)
+        seen.append(reply.status_code)
+        assert reply.status_code < 500, (route, payload[:200], reply.text[:200])
+        assert reply.headers["Content-Type"].startswith("application/json")
+
+    check()
+    assert len(seen) == FUZZ_CASES and {400, 201 if route == "/webhook" else 200} <= set(seen)
