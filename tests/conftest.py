@@ -49,3 +49,12 @@ def starter_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp("starter") / "starter"
     return module.build(out, ROOT / "data/paradetox/starter.tsv", ROOT / "data/paradetox/pool.tsv", steps=60, seed=0)
+
+
+@pytest.fixture
+def small_pool(tmp_path: Path) -> Path:
+    """The first 60 rows of the bundled pool as a TSV file of its own."""
+    path = tmp_path / "pool.tsv"
+    lines = (ROOT / "data" / "paradetox" / "pool.tsv").read_text(encoding="utf-8").splitlines()[:61]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

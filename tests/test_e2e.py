@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import socket
 import uuid
 
@@ -13,22 +12,11 @@ from loop import service
 from loop.config import load_settings
 from loop.scheduler import tick
 
-POOL_ROWS = 60
-
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def small_pool(tmp_path):
-    path = tmp_path / "pool.tsv"
-    with open("data/paradetox/pool.tsv", newline="") as src, path.open("w", newline="") as dst:
-        rows = list(csv.reader(src, delimiter="\t"))[: POOL_ROWS + 1]
-        csv.writer(dst, delimiter="\t", lineterminator="\n").writerows(rows)
-    return path
 
 
 @pytest.fixture
