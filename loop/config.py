@@ -149,6 +149,7 @@ class Settings(BaseSettings):
 
     task: Literal["style_transfer", "counter_narration"] = "style_transfer"
     data_dir: Path = Path(".labelloop")
+    label_config: Path | None = None
     pool: PoolSettings = PoolSettings()
     embed: EmbedSettings = EmbedSettings()
     cluster: ClusterSettings = ClusterSettings()
@@ -188,7 +189,13 @@ class Settings(BaseSettings):
 
     @property
     def label_config_path(self) -> Path:
-        return Path(__file__).resolve().parent.parent / "label_config" / f"{self.task}.xml"
+        """The task's Label Studio config: `label_config` if set, else label_config/<task>.xml of the
+        checkout (or of the working directory, for an installed package)."""
+        if self.label_config is not None:
+            return self.label_config
+        name = Path("label_config") / f"{self.task}.xml"
+        checkout = Path(__file__).resolve().parent.parent / name
+        return checkout if checkout.exists() else Path.cwd() / name
 
     # --- secrets: environment only -------------------------------------------------------------
     @property

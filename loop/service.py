@@ -125,8 +125,12 @@ def connect_project(ctx: Context, backend_url: str) -> int:
     return project_id
 
 
-def start(settings: Settings, *, progress: bool = True) -> Services:
-    """Bring everything up; on failure, stop what already started and raise."""
+def start(settings: Settings, *, progress: bool = True, with_backend: bool = True) -> Services:
+    """Bring everything up; on failure, stop what already started and raise.
+
+    `with_backend=False` expects the ML backend to be served already (gunicorn in the container)
+    at `backend.public_url`, or at `backend.host:port`.
+    """
     from loop.studio import Studio
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,11 @@ def start(settings: Settings, *, progress: bool = True) -> Services:
         else:
             local = localstudio.start(settings.data_dir / "label-studio", port=settings.studio.port)
             studio_url, api_key = local.url, local.token
-        backend, backend_url = start_backend(settings)
+        if with_backend:
+            backend, backend_url = start_backend(settings)
+        else:
+            backend_url = settings.backend.public_url or f"http://{settings.backend.host}:{settings.backend.port}"
+            wait_http(f"{backend_url.rstrip('/')}/health", timeout=60, what="ML backend")
         ctx = Context(settings, ledger, Studio(studio_url, api_key), progress=progress)
         connect_project(ctx, backend_url)
     except BaseException:
