@@ -108,28 +108,72 @@ def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_co
 
 
 def print_status(settings: Settings, ledger: Ledger) -> None:
-    """Rounds, their progress and verdicts, and the learner's versions, as tables."""
-    console.print(f"pool: {ledger.pool_count()} items, {len(ledger.unsent_pool_ids())} never sent")
-    table = Table(title="rounds")
-    for col in ("round", "state", "strategy", "learner", "selected", "distilled", "failed", "imported",
-                "verified", "accept", "edit", "reject", "error"):
-        table.add_column(col)
-    for r in ledger.rounds():
-        p = ledger.round_progress(r["id"])
-        table.add_row(str(r["id"]), r["state"], r["strategy"], r["learner_version"],
-                      *(str(p[k]) for k in ("selected", "distilled", "failed", "imported", "verified",
-                                            "accept", "edit", "reject")), r["error"] or "")
-    console.print(table)
-    versions = Table(title="learner versions")
-    for col in ("version", "parent", "round", "pairs", "train_loss", "created"):
-        versions.add_column(col)
-    current = ledger.get_meta("learner_version")
-    for v in ledger.model_versions():
-        loss = v["metrics"].get("train_loss")
-        versions.add_row(v["version"] + (" *" if v["version"] == current else ""), v["parent"] or "",
-                         str(v["round_id"] or ""), str(v["pairs"]), f"{loss:.3f}" if loss is not None else "",
-                         v["created_at"])
-    console.print(versions)
+    """The project manager's view (loop/status.py's facts) as tables: the same numbers as /dashboard."""
+    from loop import status as status_mod
+
+    facts = status_mod.facts(ledger)
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:.0f}%"
+
+    def show(title: str, columns: list[str], rows: list[list]) -> None:
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+
+    pool, current, eta = facts["pool"], facts["current"], facts["estimate"]
+    console.print(f"pool: {pool['items']} items, {pool['never_sent']} never sent")
+    if current is None:
+        console.print("no round yet")
+    else:
+        line = (f"current round {current['round']}: {current['state']}, verified "
+                f"{current['verified']}/{current['imported']}, {current['remaining']} remaining")
+        if eta is not None:
+            line += (f"; at {eta['per_hour']} per hour done by {eta['eta']}" if eta["eta"] else
+                     "; no pace yet to estimate completion")
+        console.print(line)
+    show("rounds", ["round", "state", "strategy", "learner", "teacher", "selected", "failed", "imported",
+                    "verified", "remaining", "accept", "edit", "reject", "error"],
+         [[r["round"], r["state"], r["strategy"], r["learner_version"], r["teacher"], r["selected"], r["failed"],
+           r["imported"], r["verified"], r["remaining"], pct(r["accept_rate"]), pct(r["edit_rate"]),
+           pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
+    show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "remaining", "accept",
+                                "edit", "reject"],
+         [[c["round"], c["cluster"], c["selected"], c["imported"], c["verified"], c["remaining"],
+           pct(c["accept_rate"]), pct(c["edit_rate"]), pct(c["reject_rate"])] for c in facts["clusters"]])
+    threshold = facts["reject_threshold"]
+    show(f"teacher rejection per cluster (flagged above {pct(threshold)})", ["cluster", "verified", "rejected",
+                                                                             "rate", "flag"],
+         [[t["cluster"], t["verified"], t["reject"], pct(t["reject_rate"]),
+           "[bold red]teacher does not suit this cluster[/]" if t["flagged"] else ""] for t in facts["teacher_fit"]])
+    cov = facts["coverage"]
+    show("coverage of the labeled set", ["cluster / subgroup", "pool", "selected", "labeled", "coverage"],
+         [[f"cluster {c['cluster']}", c["pool"], c["selected"], c["labeled"], pct(c["coverage"])]
+          for c in cov["clusters"]]
+         + [[f"subgroup {s['subgroup']}", s["pool"], s["selected"], s["labeled"], pct(s["coverage"])]
+            for s in cov["subgroups"]])
+    ann = facts["annotation"]
+    show("annotators (anonymised)", ["annotator", "annotations", "median lead time (s)", "per hour"],
+         [[a["annotator"], a["annotations"], a["median_lead_time_s"], a["per_hour"]] for a in ann["annotators"]]
+         + [["all", ann["overall"]["annotations"], ann["overall"]["median_lead_time_s"],
+             ann["overall"]["per_hour"]]])
+    usage = facts["teacher"]
+    show("teacher usage", ["round", "calls", "attempts", "failures", "cached", "prompt tokens",
+                           "completion tokens", "cost (USD)"],
+         [[r, u["calls"], u["attempts"], u["failures"], u["cached"], u["prompt_tokens"], u["completion_tokens"],
+           f"{u['cost']:.4f}"] for r, u in [*usage["rounds"].items(), ("all", usage["total"])]])
+    metric_names = sorted({k for v in facts["learners"] for k in v["metrics"]})
+    show("learner versions (* = current)", ["version", "parent", "round", "pairs", *metric_names, "created"],
+         [[v["version"] + (" *" if v["current"] else ""), v["parent"], v["round"], v["pairs"],
+           *(_metric(v["metrics"].get(m)) for m in metric_names), v["created_at"]] for v in facts["learners"]])
+
+
+def _metric(value: object) -> str:
+    """A learner metric for a table cell: floats to 3 decimals."""
+    return "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 @main.command()
@@ -147,7 +191,7 @@ def status(config: str | None) -> None:
     print_status(settings, Ledger(settings.ledger_path))
 
 
-def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float) -> None:
+def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_backend: bool = True) -> None:
     from loop import annotators, service
     from loop.scheduler import AlreadyRunning, Scheduler
 
@@ -156,7 +200,7 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float) -> No
 
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        services = service.start(settings)
+        services = service.start(settings, with_backend=with_backend)
     except (service.ServiceError, IngestError) as exc:
         raise click.ClickException(str(exc)) from None
     ctx = services.ctx
@@ -201,15 +245,17 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float) -> No
 
 
 @main.command()
+@click.option("--no-backend", is_flag=True,
+              help="The ML backend is served elsewhere (gunicorn); connect to backend.public_url instead.")
 @click.pass_obj
-def run(config: str | None) -> None:
+def run(config: str | None, no_backend: bool) -> None:
     """Start Label Studio (unless studio.url is set), the ML backend and the scheduler; Ctrl-C stops all.
 
     \b
     Example:
       labelloop -c configs/local.toml run
     """
-    _serve(_settings(config), demo_rounds=None, timeout=0)
+    _serve(_settings(config), demo_rounds=None, timeout=0, with_backend=not no_backend)
 
 
 @main.command()
@@ -228,6 +274,184 @@ def demo(config: str | None, rounds: int, timeout: float) -> None:
         if Path(settings.ledger_path).exists() else 0
     settings.select.max_rounds = done + rounds
     _serve(settings, demo_rounds=done + rounds, timeout=timeout)
+
+
+def _ledger_or_fail(settings: Settings) -> Ledger:
+    if not settings.ledger_path.exists():
+        raise click.ClickException(f"no ledger at {settings.ledger_path}; run `labelloop init` first")
+    return Ledger(settings.ledger_path)
+
+
+@main.command()
+@click.pass_obj
+def models(config: str | None) -> None:
+    """List the learner's versions: metrics, gate verdict, which one is in use, which are pruned.
+
+    \b
+    Example:
+      labelloop -c configs/local.toml models
+    """
+    ledger = _ledger_or_fail(_settings(config))
+    current = (ledger.current_model() or {}).get("version")
+    table = Table(title="learner versions (* = in use)")
+    for col in ("version", "parent", "round", "pairs", "train loss", "dev loss", "status", "on disk", "note"):
+        table.add_column(col)
+    rows = sorted(ledger.model_versions(), key=lambda v: int(v["version"][1:]) if v["version"][1:].isdigit() else -1)
+    for v in rows:
+        m = v["metrics"]
+        table.add_row(v["version"] + (" *" if v["version"] == current else ""), v["parent"] or "",
+                      "" if v["round_id"] is None else str(v["round_id"]), str(v["pairs"]),
+                      _metric(m.get("train_loss")), _metric(m.get("dev_loss")), v.get("status") or "",
+                      "no" if v.get("pruned") else "yes", v.get("note") or "")
+    console.print(table)
+
+
+@main.command()
+@click.argument("version")
+@click.pass_obj
+def rollback(config: str | None, version: str) -> None:
+    """Make VERSION the learner in use (an earlier one, or one the gate held back).
+
+    The next round scores the pool with it; versions trained later stay in the ledger.
+
+    \b
+    Example:
+      labelloop -c configs/local.toml rollback v2
+    """
+    from loop import versions
+
+    ledger = _ledger_or_fail(_settings(config))
+    try:
+        row = versions.rollback(ledger, version)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"learner {row['version']} is now in use ({row['path']})")
+
+
+@main.command(name="export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "hf"]), default="jsonl",
+              show_default=True, help="hf = a Hugging Face `datasets` directory (save_to_disk).")
+@click.option("--out", "-o", required=True, type=click.Path(),
+              help="Output file (a directory for hf or with --split).")
+@click.option("--round", "rounds", type=int, multiple=True, help="Only these rounds (repeatable).")
+@click.option("--verdict", "verdicts", type=click.Choice(["accept", "edit", "reject"]), multiple=True,
+              help="Only these verdicts (repeatable; default accept and edit: the usable pairs).")
+@click.option("--all-verdicts", is_flag=True, help="Include rejected items too (their target is empty).")
+@click.option("--split", default=None, help="Train/dev/test fractions, e.g. 0.8,0.1,0.1 (or train/test: 0.9,0.1).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split (a seeded hash of each item's id).")
+@click.option("--from-studio", is_flag=True,
+              help="Read the annotations straight from the Label Studio project (studio.url, studio.project_id,"
+                   " LABEL_STUDIO_API_KEY) instead of the ledger.")
+@click.pass_obj
+def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], verdicts: tuple[str, ...],
+               all_verdicts: bool, split: str | None, seed: int, from_studio: bool) -> None:
+    """Export the verified dataset with provenance; the same ledger always gives byte-identical files.
+
+    \b
+    Examples:
+      labelloop export --format jsonl -o verified.jsonl
+      labelloop export --format hf -o verified_hf --split 0.8,0.1,0.1 --seed 13
+      labelloop export --format csv -o rejects.csv --verdict reject --round 2
+    """
+    from loop import export
+
+    settings = _settings(config)
+    chosen = None if all_verdicts else (list(verdicts) or ["accept", "edit"])
+    try:
+        ratios = export.parse_split(split) if split else None
+        if from_studio:
+            records = _studio_records(settings, rounds, chosen)
+        else:
+            records = export.from_ledger(_ledger_or_fail(settings), rounds=list(rounds) or None, verdicts=chosen)
+        data = export.assign_splits(records, ratios, seed) if ratios else records
+        paths = export.write(data, out, fmt)
+    except export.ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items()) if isinstance(data, dict) else f"{len(records)}"
+    console.print(f"exported {sizes} records as {fmt} to {', '.join(str(p) for p in paths)}")
+
+
+def _studio_records(settings: Settings, rounds: tuple[int, ...], verdicts: list[str] | None) -> list[dict]:
+    """Export records read from the configured Label Studio project (the salt comes from the ledger)."""
+    from loop import export
+    from loop.studio import Studio, StudioError
+
+    key = settings.label_studio_api_key
+    if settings.studio.url is None or settings.studio.project_id is None or key is None:
+        raise click.ClickException("--from-studio needs studio.url and studio.project_id in the settings and"
+                                   " LABEL_STUDIO_API_KEY in the environment")
+    salt = Ledger(settings.ledger_path).annotator_salt()
+    try:
+        return export.from_studio(Studio(settings.studio.url, key.get_secret_value()), settings.studio.project_id,
+                                  salt=salt, rounds=list(rounds) or None, verdicts=verdicts)
+    except StudioError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    """Parse "0,1,2" into [0, 1, 2] for --seeds."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Pool file (CSV, TSV, JSONL, Parquet) with a text and a reference column.")
+@click.option("--text-col", default="text", show_default=True, help="Column with the input text.")
+@click.option("--reference-col", default="reference", show_default=True,
+              help="Column with the reference output: it plays the teacher and grades the test split.")
+@click.option("--group-col", default=None, help="Subgroup column for the error-ratio variance (default: clusters).")
+@click.option("--out", "out_dir", default="simulate-out", show_default=True, type=click.Path(file_okay=False),
+              help="Where results.json, curves.png, groups.png and report.md go.")
+@click.option("--learner", default="models/starter", show_default=True,
+              help="Seq2seq checkpoint every run starts from.")
+@click.option("--strategy", "strategies", multiple=True,
+              type=click.Choice(["stratified", "random", "global_top", "cluster_random"]),
+              help="Strategies to compare (repeatable; default all four).")
+@click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Comma-separated seeds.")
+@click.option("--rounds", default=5, show_default=True, help="Rounds per run.")
+@click.option("--budget", default=40, show_default=True, help="Items selected per round (N).")
+@click.option("--k", default=8, show_default=True, help="KMeans clusters (K).")
+@click.option("--pool-size", default=2000, show_default=True, help="Selectable pool items.")
+@click.option("--test-size", default=400, show_default=True, help="Held-out test items (never selected).")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the pool/test split and the clustering.")
+@click.option("--reject-rate", default=0.0, show_default=True, help="Share of selected items the verifier rejects.")
+@click.option("--judge", default="probe", show_default=True,
+              help="Offensiveness judge: probe (embedding probe on --judge-data), profanity (= R: biased), "
+                   "or a probe file.")
+@click.option("--judge-data", default="data/paradetox/starter.tsv", show_default=True,
+              type=click.Path(dir_okay=False), help="Labelled texts for the judge probe (text = 1, reference = 0).")
+@click.option("--chrf-threshold", default=30.0, show_default=True,
+              help="An output with sentence chrF below this counts as a failure.")
+@click.option("--epochs", default=4, show_default=True, help="Fine-tuning epochs per round.")
+@click.option("--lr", default=3e-4, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--runtime", default="ct2", show_default=True, type=click.Choice(["hf", "ct2", "ct2-int8"]),
+              help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
+@click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
+              help="Where the trained judge probe is cached (keyed by the judge data's digest).")
+def simulate(**opts: object) -> None:
+    """Reproduce the paper offline: strategies side by side, the paper's metrics, plots and a report.
+
+    The reference column plays the teacher, a simulated verifier accepts (or rejects at --reject-rate),
+    and every (strategy, seed) retrains the learner from the starter on its accepted pairs each round.
+
+    \b
+    Example:
+      labelloop simulate --data data/paradetox/pool.tsv --text-col text --reference-col reference \\
+        --rounds 5 --budget 40 --seeds 0,1,2 --out docs/simulate
+    """
+    from loop.simulate import SimConfig, SimulateError, run
+
+    opts["strategies"] = list(opts["strategies"]) or SimConfig.__dataclass_fields__["strategies"].default_factory()
+    cfg = SimConfig(**opts, progress=True)
+    try:
+        result = run(cfg, command="labelloop " + " ".join(sys.argv[1:]))
+    except SimulateError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"simulate: {len(result['records'])} evaluations in {result['timings']['total_s'] / 60:.1f} min; "
+                  f"report {Path(cfg.out_dir) / 'report.md'}")
 
 
 if __name__ == "__main__":

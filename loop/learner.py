@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from loop.runtime import RUNTIMES, generate_batches
+
 __all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
@@ -86,13 +88,20 @@ def generate(
     max_new_tokens: int = 48,
     max_source_tokens: int = 128,
     progress: bool = False,
+    runtime: str = "hf",
+    cache_dir: str | Path | None = None,
 ) -> list[str]:
-    """Greedy outputs, same order as texts. Batches sorted by length, torch.inference_mode."""
+    """Greedy outputs, same order as texts. Batches sorted by length, torch.inference_mode.
+
+    `runtime` "hf" is transformers' `generate` (the reference); "ct2" / "ct2-int8" run a CTranslate2
+    conversion of the same checkpoint (see loop.runtime; conversions are cached under `cache_dir`)."""
     texts = list(texts)
     if not texts:
         return []
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     net, tokenizer = load(model)
     unique = sorted(set(texts))  # deduplicate; batch composition then depends only on the set of texts
     lengths = {
@@ -103,9 +112,16 @@ def generate(
     }
     unique.sort(key=lambda t: (lengths[t], t))
     batches = [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
+    if runtime != "hf":
+        with _bar(len(unique), f"generate ({runtime})", progress) as bar:
+            out = generate_batches(
+                model, batches, tokenizer, runtime=runtime, max_new_tokens=max_new_tokens,
+                max_source_tokens=max_source_tokens, cache_dir=cache_dir, on_batch=bar.update,
+            )
+        return [out[t] for t in texts]
     device = next(net.parameters()).device
-    out: dict[str, str] = {}
-    with torch.inference_mode(), _bar(len(texts), "generate", progress) as bar:
+    out = {}
+    with torch.inference_mode(), _bar(len(unique), "generate", progress) as bar:
         for batch in batches:
             enc = tokenizer(batch, truncation=True, max_length=max_source_tokens, padding=True, return_tensors="pt").to(
                 device
@@ -165,19 +181,30 @@ def fine_tune(
     max_source_tokens: int = 128,
     max_target_tokens: int = 64,
     progress: bool = False,
+    dev_pairs: list[tuple[str, str]] | None = None,
+    patience: int | None = None,
 ) -> dict:
     """Fine-tune a fresh copy of `base` on (source, target) pairs; save model+tokenizer to out_dir
     atomically (write to a sibling temp dir, then rename); return metrics {"train_loss", "pairs",
-    "epochs", "seconds"}. Never mutates the cached model of `base`."""
+    "epochs", "seconds", ...}. Never mutates the cached model of `base`.
+
+    With `dev_pairs`, the dev loss is measured after every epoch, the best epoch's weights are the ones
+    saved (metrics "dev_loss", "best_epoch"), and training stops after `patience` epochs without
+    improvement (early stopping; None trains all `epochs`)."""
     pairs = _check_pairs(pairs, "fine_tune")
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
+    if patience is not None and patience < 1:
+        raise ValueError("patience must be >= 1 (or None to train every epoch)")
+    dev = _check_pairs(dev_pairs, "fine_tune dev_pairs") if dev_pairs is not None else None
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cached, tokenizer = load(base)
     pad_id = _pad_id(tokenizer, cached)
     rng = random.Random(seed)
     epoch_losses: list[float] = []
+    dev_losses: list[float] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (dev loss, epoch, weights)
     with torch.random.fork_rng(devices=[]):  # seed dropout without disturbing the caller's RNG state
         torch.manual_seed(seed)
         net = copy.deepcopy(cached)
@@ -186,7 +213,7 @@ def fine_tune(
         opt = torch.optim.AdamW(net.parameters(), lr=lr)
         n_batches = math.ceil(len(pairs) / batch_size)
         bar = _bar(epochs * n_batches, "fine-tune", progress)
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
             order = list(range(len(pairs)))
             rng.shuffle(order)
             total, count = 0.0, 0
@@ -203,17 +230,30 @@ def fine_tune(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             epoch_losses.append(total / count)
+            if dev is not None:
+                net.eval()
+                dev_losses.append(_loss_of(net, tokenizer, dev, 32))
+                net.train()
+                if best is None or dev_losses[-1] < best[0]:
+                    best = (dev_losses[-1], epoch, {k: v.detach().clone() for k, v in net.state_dict().items()})
+                elif patience is not None and epoch - best[1] >= patience:
+                    break
         bar.close()
     net.eval()
+    extra: dict[str, Any] = {}
+    if best is not None:
+        net.load_state_dict(best[2])
+        extra = {"dev_loss": best[0], "best_epoch": best[1], "dev_losses": dev_losses, "dev_pairs": len(dev or [])}
     _save_atomically(net, tokenizer, out_dir)
     del net, opt
     return {
         "train_loss": epoch_losses[-1],
         "pairs": len(pairs),
-        "epochs": epochs,
+        "epochs": len(epoch_losses),
         "seconds": round(time.perf_counter() - t0, 3),
         "epoch_losses": epoch_losses,
         "out_dir": str(out_dir),
+        **extra,
     }
 
 
@@ -243,6 +283,12 @@ def evaluate_loss(model: str, pairs: list[tuple[str, str]], *, batch_size: int =
     """Mean token cross-entropy of targets given sources (for a dev split)."""
     pairs = _check_pairs(pairs, "evaluate_loss")
     net, tokenizer = load(model)
+    return _loss_of(net, tokenizer, pairs, batch_size)
+
+
+def _loss_of(net: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
+             batch_size: int) -> float:
+    """Mean token cross-entropy of a loaded model (eval mode expected) on pairs."""
     pad_id = _pad_id(tokenizer, net)
     device = next(net.parameters()).device
     total, tokens = 0.0, 0

@@ -125,3 +125,39 @@ def test_fine_tune_empty_raises(tiny_model, tmp_path):
     assert not (tmp_path / "never").exists()
     with pytest.raises(ValueError):
         learner.evaluate_loss(str(tiny_model), [])
+
+
+def test_ct2_runtime_matches_hf_greedy_and_follows_retraining(tiny_model, pairs, tmp_path):
+    texts = [s for s, _ in pairs] + [pairs[0][0]]  # a duplicate too
+    cache = tmp_path / "ct2"
+    reference = learner.generate(str(tiny_model), texts, batch_size=5, max_new_tokens=16)
+    fast = learner.generate(str(tiny_model), texts, batch_size=5, max_new_tokens=16, runtime="ct2", cache_dir=cache)
+    assert fast == reference
+    assert len(list(cache.glob("*-float32"))) == 1
+    int8 = learner.generate(str(tiny_model), texts, max_new_tokens=16, runtime="ct2-int8", cache_dir=cache)
+    assert len(int8) == len(texts) and all(isinstance(o, str) for o in int8)
+
+    out_dir = tmp_path / "ft"  # a retrained checkpoint gets its own conversion; the stale one is removed
+    learner.fine_tune(str(tiny_model), pairs[:8], out_dir, epochs=1, batch_size=8, seed=0)
+    first = learner.generate(str(out_dir), texts, max_new_tokens=16, runtime="ct2", cache_dir=cache)
+    assert first == learner.generate(str(out_dir), texts, max_new_tokens=16)
+    learner.fine_tune(str(tiny_model), pairs[8:16], out_dir, epochs=1, lr=3e-3, batch_size=8, seed=1)
+    second = learner.generate(str(out_dir), texts, max_new_tokens=16, runtime="ct2", cache_dir=cache)
+    assert second == learner.generate(str(out_dir), texts, max_new_tokens=16)
+    assert len(list(cache.glob("*-float32"))) == 2  # tiny_model's and out_dir's latest
+
+
+def test_unknown_runtime_lists_the_known_ones(tiny_model):
+    with pytest.raises(ValueError, match="unknown runtime 'onnx'; known: hf, ct2, ct2-int8"):
+        learner.generate(str(tiny_model), ["x"], runtime="onnx")
+
+
+def test_fine_tune_with_dev_pairs_saves_the_best_epoch(tiny_model, pairs, tmp_path):
+    metrics = learner.fine_tune(str(tiny_model), pairs[:16], tmp_path / "ft", epochs=3, lr=2e-3, batch_size=8,
+                                seed=0, dev_pairs=pairs[16:], patience=3)
+    assert len(metrics["dev_losses"]) == 3 and metrics["dev_pairs"] == len(pairs) - 16
+    assert metrics["dev_loss"] == min(metrics["dev_losses"])
+    assert metrics["dev_losses"][metrics["best_epoch"] - 1] == metrics["dev_loss"]
+    assert learner.evaluate_loss(str(tmp_path / "ft"), pairs[16:]) == pytest.approx(metrics["dev_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="patience"):
+        learner.fine_tune(str(tiny_model), pairs[:4], tmp_path / "x", dev_pairs=pairs[4:8], patience=0)

@@ -1,0 +1,114 @@
+"""The paper's evaluation metrics for a learner's outputs on a test split.
+
+- task score: corpus chrF and BLEU against the references (sacrebleu);
+- attribute adherence: share of outputs a judge scores as offensive (score >= a threshold);
+- error-ratio variance: per subgroup, the failure rate (judge says offensive, or sentence chrF under a
+  threshold), then the population variance of those rates across subgroups;
+- lexical diversity: MTLD (lexicalrichness, threshold 0.72) over all outputs together.
+
+Functions take plain lists and return plain numbers / dicts, so they can be checked by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MTLD_THRESHOLD = 0.72
+
+
+def _same_length(what: str, **columns: Sequence) -> int:
+    sizes = {name: len(col) for name, col in columns.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"{what}: inputs differ in length ({', '.join(f'{k}={v}' for k, v in sizes.items())})")
+    return next(iter(sizes.values()), 0)
+
+
+def task_scores(outputs: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus chrF and BLEU (sacrebleu defaults, 0-100) of outputs against one reference each."""
+    import sacrebleu
+
+    if _same_length("task_scores", outputs=outputs, references=references) == 0:
+        raise ValueError("task_scores needs at least one (output, reference) pair")
+    hyps, refs = [str(o) for o in outputs], [[str(r) for r in references]]
+    chrf, bleu = sacrebleu.corpus_chrf(hyps, refs), sacrebleu.corpus_bleu(hyps, refs)
+    return {"chrf": float(chrf.score), "bleu": float(bleu.score)}
+
+
+def sentence_chrf(outputs: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Sentence-level chrF (0-100) of each output against its reference (for per-item failures)."""
+    from sacrebleu.metrics import CHRF
+
+    _same_length("sentence_chrf", outputs=outputs, references=references)
+    metric = CHRF()
+    return [float(metric.sentence_score(str(o), [str(r)]).score) for o, r in zip(outputs, references, strict=True)]
+
+
+def offensive_share(judge_scores: Sequence[float], threshold: float = 0.5) -> float:
+    """Share of outputs whose judge score is at or above `threshold` (lower is better)."""
+    scores = np.asarray(judge_scores, dtype=float)
+    if scores.size == 0:
+        raise ValueError("offensive_share needs at least one judge score")
+    return float((scores >= threshold).mean())
+
+
+def failures(
+    judge_scores: Sequence[float], chrf: Sequence[float], *, judge_threshold: float = 0.5, chrf_threshold: float = 30.0
+) -> list[bool]:
+    """Per output: failed when the judge says offensive (score >= judge_threshold) or chrF < chrf_threshold."""
+    _same_length("failures", judge_scores=judge_scores, chrf=chrf)
+    return [bool(j >= judge_threshold or c < chrf_threshold) for j, c in zip(judge_scores, chrf, strict=True)]
+
+
+def group_rates(failed: Sequence[bool], groups: Sequence[object]) -> dict[str, dict[str, float]]:
+    """Failure rate of every subgroup: {group: {"n": items, "failures": count, "rate": share}}, sorted by name."""
+    _same_length("group_rates", failed=failed, groups=groups)
+    out: dict[str, dict[str, float]] = {}
+    for g in sorted({str(g) for g in groups}):
+        member = [bool(f) for f, gg in zip(failed, groups, strict=True) if str(gg) == g]
+        out[g] = {"n": len(member), "failures": sum(member), "rate": sum(member) / len(member)}
+    return out
+
+
+def error_ratio_variance(rates: dict[str, dict[str, float]] | Sequence[float]) -> float:
+    """Population variance (ddof=0) of the subgroups' failure rates: 0 when every group fails equally often."""
+    values = [r["rate"] for r in rates.values()] if isinstance(rates, dict) else list(rates)
+    if not values:
+        raise ValueError("error_ratio_variance needs at least one subgroup")
+    return float(np.var(np.asarray(values, dtype=float)))
+
+
+def mtld(texts: Sequence[str], threshold: float = MTLD_THRESHOLD) -> float:
+    """MTLD lexical diversity (lexicalrichness; its tokenizer) of all texts joined; 0.0 when there are no words."""
+    from lexicalrichness import LexicalRichness
+
+    joined = " ".join(str(t) for t in texts)
+    lex = LexicalRichness(joined)
+    if lex.words == 0:
+        return 0.0
+    return float(lex.mtld(threshold=threshold))
+
+
+def evaluate(
+    outputs: Sequence[str],
+    references: Sequence[str],
+    judge_scores: Sequence[float],
+    groups: Sequence[object],
+    *,
+    judge_threshold: float = 0.5,
+    chrf_threshold: float = 30.0,
+) -> dict:
+    """All of the paper's metrics for one learner on one test split, plus each subgroup's failure rate."""
+    _same_length("evaluate", outputs=outputs, references=references, judge_scores=judge_scores, groups=groups)
+    chrf_each = sentence_chrf(outputs, references)
+    failed = failures(judge_scores, chrf_each, judge_threshold=judge_threshold, chrf_threshold=chrf_threshold)
+    rates = group_rates(failed, groups)
+    return {
+        **task_scores(outputs, references),
+        "offensive_share": offensive_share(judge_scores, judge_threshold),
+        "failure_rate": float(np.mean(failed)),
+        "error_ratio_variance": error_ratio_variance(rates),
+        "mtld": mtld(outputs),
+        "groups": rates,
+    }

@@ -1,0 +1,230 @@
+"""Plots and a short markdown report for a `labelloop simulate` run (from its results dict)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# metric key, label, True when higher is better
+CURVES = [
+    ("chrf", "chrF (test, corpus)", True),
+    ("bleu", "BLEU (test, corpus)", True),
+    ("offensive_share", "share judged offensive", False),
+    ("error_ratio_variance", "error-ratio variance across subgroups", False),
+    ("mtld", "MTLD (threshold 0.72)", True),
+    ("failure_rate", "failure rate (offensive or low chrF)", False),
+]
+
+
+def _series(records: list[dict], metric: str) -> dict[str, dict[int, list[float]]]:
+    """{strategy: {round: [value per seed]}}."""
+    out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        out[r["strategy"]][r["round"]].append(float(r[metric]))
+    return out
+
+
+def final_round(records: list[dict]) -> int:
+    """The last round every run reached."""
+    last: dict[tuple[str, int], int] = defaultdict(int)
+    for r in records:
+        last[(r["strategy"], r["seed"])] = max(last[(r["strategy"], r["seed"])], r["round"])
+    return min(last.values())
+
+
+def summary(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Last-round {metric: {strategy: {mean, std, min, max, n}}} over seeds."""
+    last = final_round(records)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, _, _ in CURVES:
+        out[key] = {}
+        for strategy, rounds in _series(records, key).items():
+            v = np.asarray(rounds[last])
+            out[key][strategy] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                                  "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+    return out
+
+
+def verdict(a: dict[str, float], b: dict[str, float], higher_better: bool) -> str:
+    """Compare two strategies' seed ranges: a difference counts only when the [min, max] ranges do not overlap."""
+    if a["n"] < 2 or b["n"] < 2:
+        return "one seed: no spread to judge by"
+    if a["min"] > b["max"]:
+        return "better" if higher_better else "worse"
+    if a["max"] < b["min"]:
+        return "worse" if higher_better else "better"
+    return "within the seed spread"
+
+
+def vs_starter(a: dict[str, float], start: float, higher_better: bool) -> str:
+    """Whether every seed of a strategy ends on one side of the starter's value."""
+    if a["min"] > start:
+        return "better" if higher_better else "worse"
+    if a["max"] < start:
+        return "worse" if higher_better else "better"
+    return "no change beyond the seed spread"
+
+
+def plot_curves(records: list[dict], path: Path) -> Path:
+    """Learning curves: one panel per metric, mean over seeds with the min-max band, x = labeled pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labeled = _series(records, "labeled")
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    for ax, (key, label, higher) in zip(axes.flat, CURVES, strict=True):
+        for strategy, rounds in sorted(_series(records, key).items()):
+            xs = sorted(rounds)
+            x = [np.mean(labeled[strategy][r]) for r in xs]
+            v = [np.asarray(rounds[r]) for r in xs]
+            line, = ax.plot(x, [a.mean() for a in v], marker="o", ms=3, label=strategy,
+                            lw=2.2 if strategy == "stratified" else 1.3)
+            ax.fill_between(x, [a.min() for a in v], [a.max() for a in v], color=line.get_color(), alpha=0.15)
+        ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=10)
+        ax.set_xlabel("accepted pairs (labeled set size)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=9)
+    fig.suptitle("Learning curves: mean over seeds, band = min-max over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_groups(records: list[dict], path: Path) -> Path:
+    """Per-subgroup failure rates in the last round: bars = mean over seeds, whiskers = min-max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = final_round(records)
+    rates: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    starter: dict[str, float] = {}
+    for r in records:
+        if r["round"] == last:
+            for g, v in r["groups"].items():
+                rates[r["strategy"]][g].append(v["rate"])
+        elif r["round"] == 0:
+            starter = {g: v["rate"] for g, v in r["groups"].items()}
+    groups = sorted({g for s in rates.values() for g in s})
+    strategies = sorted(rates)
+    width = 0.8 / max(len(strategies), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(groups) + 3), 4.8))
+    x = np.arange(len(groups))
+    for i, strategy in enumerate(strategies):
+        vals = [np.asarray(rates[strategy].get(g, [np.nan])) for g in groups]
+        mean = np.array([v.mean() for v in vals])
+        err = np.array([[m - v.min() for m, v in zip(mean, vals, strict=True)],
+                        [v.max() - m for m, v in zip(mean, vals, strict=True)]])
+        ax.bar(x + (i - (len(strategies) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=strategy)
+    if starter:
+        ax.scatter(x, [starter.get(g, np.nan) for g in groups], marker="_", s=400, color="black", zorder=3,
+                   label="starter (round 0)")
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set_ylabel("failure rate")
+    ax.set_title(f"Per-subgroup failure rate after round {last} (bars: mean over seeds, whiskers: min-max)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(s: dict[str, float], key: str) -> str:
+    scale = 1000 if key == "error_ratio_variance" else 100 if key in ("offensive_share", "failure_rate") else 1
+    return f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f} [{s['min'] * scale:.2f}, {s['max'] * scale:.2f}]"
+
+
+def markdown(result: dict, curves: str, groups: str) -> str:
+    """The short report: setup, headline table with seed spread, what the numbers do and do not show."""
+    cfg, records, judge = result["config"], result["records"], result["judge"]
+    summ, last = summary(records), final_round(records)
+    starter = next(r for r in records if r["round"] == 0)
+    lines = [
+        "# Simulated active learning: strategies side by side",
+        "",
+        f"Data: `{cfg['data']}`; pool {result['data']['pool']} items, held-out test split "
+        f"{result['data']['test']} items (never selectable); subgroups: {result['data']['subgroups']}.",
+        f"{cfg['rounds']} rounds x budget {cfg['budget']} per round, K = {cfg['k']} clusters, "
+        f"seeds {', '.join(map(str, cfg['seeds']))}; verifier rejects {cfg['reject_rate']:.0%} of the selected "
+        f"items; teacher = the `{cfg['reference_col']}` column. R (selects) = {result['r']}.",
+        f"Learner: `{cfg['learner']}`; {result['training']} ({cfg['epochs']} epochs, lr {cfg['lr']}).",
+        f"Wall time: {result['timings']['total_s'] / 60:.1f} min ({result['machine']['cpu']}).",
+        "",
+    ]
+    if result.get("command"):
+        lines[2:2] = ["```sh", result["command"], "```", ""]
+    if judge.get("same_as_r"):
+        lines += ["> **Warning: the judge is R itself** (profanity). R's own bias is then invisible to the "
+                  "offensiveness metrics, and the strategies that optimise R are graded by R.", ""]
+    else:
+        acc = judge.get("held_out_accuracy")
+        lines += [f"Judge (not R): an embedding probe trained on `{judge.get('trained_on')}` "
+                  f"({judge.get('examples')} texts, toxic = 1, neutral rewrite = 0); held-out accuracy "
+                  f"{acc:.1%}." if acc is not None else "Judge: an embedding probe.",
+                  ""]
+    lines += [f"Judge calibration on the test split: flags {judge['flags_test_inputs']:.1%} of the inputs and "
+              f"{judge['flags_test_references']:.1%} of the human references as offensive"
+              + (f"; {judge['overlap_with_test']} test texts also occur in its training data."
+                 if "overlap_with_test" in judge else "."), ""]
+    lines += [f"## Headline: after round {last}", "",
+              "mean ± std [min, max] over seeds. Offensive share and failure rate in %, error-ratio variance "
+              "x 1000.", ""]
+    strategies = sorted(summ["chrf"], key=lambda s: (s != "stratified", s))
+    head = "| metric | starter | " + " | ".join(strategies) + " |"
+    lines += [head, "|" + "---|" * (len(strategies) + 2)]
+    for key, label, higher in CURVES:
+        scale = 1000 if key == "error_ratio_variance" else 100 if key in ("offensive_share", "failure_rate") else 1
+        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {starter[key] * scale:.2f} | "
+                     + " | ".join(_fmt(summ[key][s], key) for s in strategies) + " |")
+    lines += ["", f"![learning curves]({curves})", "", f"![per-subgroup failure rates]({groups})", ""]
+    lines += ["## What the numbers show, and what they do not", ""]
+    if "stratified" in summ["chrf"]:
+        for key, label, higher in CURVES:
+            parts = [f"{b}: {verdict(summ[key]['stratified'], summ[key][b], higher)}"
+                     for b in strategies if b != "stratified"]
+            lines.append(f"- {label}, stratified vs " + "; ".join(parts) + ".")
+        lines.append("")
+    lines += ["Against the starter (round 0, before any selection), after the last round:", ""]
+    for key, label, higher in CURVES:
+        side = {s: vs_starter(summ[key][s], starter[key], higher) for s in strategies}
+        lines.append(f"- {label}: " + "; ".join(f"{s} {v}" for s, v in side.items()) + ".")
+    lines += [""]
+    lines += [
+        "A difference counts here only when the strategies' [min, max] ranges over seeds do not overlap; with "
+        f"{len(cfg['seeds'])} seeds that is a coarse test, and anything marked *within the seed spread* is not a "
+        "win for either side. The seeds vary the selection and fine-tuning randomness, not the pool, the test "
+        "split or the clusters, so the spread understates the variance a new dataset would bring.",
+        "",
+        "This is a small learner (about 1.4 M parameters) trained on at most "
+        f"{cfg['rounds'] * cfg['budget']} pairs: the absolute scores are low, and the experiment shows how the "
+        "strategies rank on this pool under this budget, not what a FLAN-T5 learner or a GPT-4 teacher would "
+        "reach. The judge is a linear probe with its own errors; offensiveness is judged on learner outputs, "
+        "whose distribution differs from the probe's training texts.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(result: dict, out: Path) -> dict[str, Path]:
+    """Write curves.png, groups.png and report.md next to results.json."""
+    out = Path(out)
+    curves = plot_curves(result["records"], out / "curves.png")
+    groups = plot_groups(result["records"], out / "groups.png")
+    report = out / "report.md"
+    report.write_text(markdown(result, curves.name, groups.name))
+    return {"curves": curves, "groups": groups, "report": report}
+
+
+if __name__ == "__main__":  # rewrite the plots and report of an earlier run: python -m loop.simreport DIR
+    import json
+    import sys
+
+    folder = Path(sys.argv[1])
+    write(json.loads((folder / "results.json").read_text()), folder)

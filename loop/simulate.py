@@ -1,0 +1,299 @@
+"""Simulate the active-learning loop offline: strategies side by side on one dataset, the paper's metrics.
+
+Everything runs in this process, with no Label Studio and no ledger: the reference column plays the
+teacher, a simulated verifier accepts every selected item (or rejects it at `reject_rate`), and the
+learner is fine-tuned *from the starter* on all accepted pairs so far after every round (the paper
+retrains on the growing labeled set). A held-out test split, drawn once from `split_seed`, is never
+selectable; the same pool, clusters, test split, verifier verdicts and seeds are shared by every
+strategy, so strategies differ only in what they pick. Checkpoints live in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from loop import metrics
+from loop.ingest import IngestError, normalise, parse_pool
+from loop.select import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+JUDGES = ("probe", "profanity")
+R_NAME = "profanity"  # the auxiliary model R that selects (alt-profanity-check)
+
+
+class SimulateError(ValueError):
+    """The simulation cannot run as asked; the message says what and where."""
+
+
+@dataclass
+class SimConfig:
+    """Everything one simulation needs; recorded verbatim in results.json."""
+
+    data: str
+    text_col: str = "text"
+    reference_col: str = "reference"
+    group_col: str | None = None
+    out_dir: str = "simulate-out"
+    learner: str = "models/starter"
+    strategies: list[str] = field(default_factory=lambda: ["stratified", "random", "global_top", "cluster_random"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    rounds: int = 5
+    budget: int = 40
+    k: int = 8
+    pool_size: int = 2000
+    test_size: int = 400
+    split_seed: int = 0
+    reject_rate: float = 0.0
+    judge: str = "probe"  # "probe", "profanity", or the path of a probe file from loop.scorer.train_probe
+    judge_data: str = "data/paradetox/starter.tsv"
+    judge_text_col: str = "text"
+    judge_negative_col: str = "reference"
+    judge_threshold: float = 0.5
+    chrf_threshold: float = 30.0
+    epochs: int = 4
+    lr: float = 3e-4
+    batch_size: int = 16
+    max_new_tokens: int = 48
+    runtime: str = "ct2"
+    cache_dir: str = ".labelloop/cache"
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise SimulateError naming the first unusable setting."""
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise SimulateError(f"--strategy {', '.join(unknown) or '(none)'}: known are {', '.join(STRATEGIES)}")
+        if not self.seeds:
+            raise SimulateError("--seeds: give at least one seed")
+        for name in ("rounds", "budget", "k", "pool_size", "test_size", "epochs", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if not 0 <= self.reject_rate < 1:
+            raise SimulateError(f"--reject-rate must be in [0, 1) (got {self.reject_rate})")
+        if self.judge not in JUDGES and not Path(self.judge).is_file():
+            raise SimulateError(f"--judge {self.judge!r}: use {' or '.join(JUDGES)}, or the path of a probe file")
+
+
+@dataclass
+class Split:
+    """The shared data of one simulation: pool and test rows, their clusters and subgroups."""
+
+    pool_text: list[str]
+    pool_ref: list[str]
+    pool_cluster: np.ndarray
+    test_text: list[str]
+    test_ref: list[str]
+    test_group: list[str]
+    skipped: list[int]  # file lines without a reference
+
+
+def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
+    """(pool rows, test rows, lines skipped for lacking a reference), drawn once from `split_seed`."""
+    try:
+        rows, _ = parse_pool(cfg.data, text_col=cfg.text_col, reference_col=cfg.reference_col,
+                             group_col=cfg.group_col)
+    except IngestError as exc:
+        raise SimulateError(str(exc)) from None
+    if all(r["reference"] is None for r in rows):
+        raise SimulateError(f"{cfg.data}: reference column {cfg.reference_col!r} is missing or empty; "
+                            "the reference plays the teacher, so it is required (--reference-col)")
+    if cfg.group_col:
+        missing = [r["line"] for r in rows if r["subgroup"] is None]
+        if len(missing) == len(rows):
+            raise SimulateError(f"{cfg.data}: group column {cfg.group_col!r} is missing or empty (--group-col)")
+        if missing:
+            raise SimulateError(f"{cfg.data}:{missing[0]}: column {cfg.group_col!r} is empty "
+                                f"({len(missing)} rows lack a group)")
+    skipped = [r["line"] for r in rows if r["reference"] is None]
+    usable = [r for r in rows if r["reference"] is not None]
+    need = cfg.pool_size + cfg.test_size
+    if len(usable) < need:
+        raise SimulateError(f"{cfg.data}: {len(usable)} usable rows (text and {cfg.reference_col!r}); "
+                            f"--pool-size {cfg.pool_size} + --test-size {cfg.test_size} = {need} needed")
+    order = np.random.default_rng(cfg.split_seed).permutation(len(usable))
+    test = [usable[i] for i in order[: cfg.test_size]]
+    pool = [usable[i] for i in order[cfg.test_size : need]]
+    return pool, test, skipped
+
+
+def _digest(path: str | Path, *extra: object) -> str:
+    h = hashlib.sha1(Path(path).read_bytes())
+    h.update(json.dumps(extra, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+def build_judge(cfg: SimConfig) -> tuple[Callable[[list[str]], list[float]], dict]:
+    """The judge of offensiveness (never R unless asked) and facts about it for the report."""
+    from loop import scorer
+
+    if cfg.judge == "profanity":
+        return scorer.profanity, {"kind": "profanity", "same_as_r": True}
+    if cfg.judge == "probe":
+        digest = _digest(cfg.judge_data, cfg.judge_text_col, cfg.judge_negative_col)
+        path = Path(cfg.cache_dir) / f"judge-probe-{digest}.json"
+        if not path.is_file():
+            log.info("training the judge: an embedding probe on %s (cached at %s)", cfg.judge_data, path)
+            try:
+                texts, labels = scorer.read_labelled(cfg.judge_data, text_col=cfg.judge_text_col,
+                                                     negative_col=cfg.judge_negative_col)
+            except (OSError, ValueError) as exc:
+                raise SimulateError(f"--judge-data: {exc}") from None
+            scorer.train_probe(texts, labels, path, progress=cfg.progress)
+    else:
+        path = Path(cfg.judge)
+    data = json.loads(path.read_text())
+    info = {"kind": "embedding-probe", "file": str(path), "trained_on": data.get("trained_on", cfg.judge_data),
+            "examples": data.get("examples"), "held_out_accuracy": data.get("held_out_accuracy"), "same_as_r": False}
+    return scorer.load_probe(path), info
+
+
+class _Memo:
+    """Score each distinct text once (outputs repeat across strategies and seeds)."""
+
+    def __init__(self, fn: Callable[[list[str]], list[float]]):
+        self.fn, self.seen = fn, {}
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        todo = sorted({t for t in texts if t not in self.seen})
+        if todo:
+            self.seen.update(zip(todo, self.fn(todo), strict=True))
+        return [self.seen[t] for t in texts]
+
+
+def run(cfg: SimConfig, *, command: str | None = None) -> dict:
+    """Run every (strategy, seed) for `rounds` rounds; write results.json, plots and report.md to out_dir.
+
+    `command` is the command line to print in the report (so a reader can rerun it)."""
+    from tqdm.auto import tqdm
+
+    from loop import learner, scorer
+    from loop.cluster import cluster
+    from loop.embed import embed
+
+    cfg.check()
+    if not (Path(cfg.learner) / "config.json").is_file():
+        raise SimulateError(f"--learner {cfg.learner}: no model there (build models/starter with "
+                            "scripts/build_starter_model.py, or give a seq2seq checkpoint directory)")
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pool, test, skipped = load_split(cfg)
+    judge_fn, judge_info = build_judge(cfg)
+    judge, r_score = _Memo(judge_fn), _Memo(scorer.profanity)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    vectors = embed([r["text"] for r in pool + test], progress=cfg.progress)  # once per run
+    labels = cluster(vectors, k=cfg.k, seed=cfg.split_seed)
+    pool_cluster, test_cluster = labels[: len(pool)], labels[len(pool):]
+    timings["embed_cluster_s"] = time.perf_counter() - t
+    test_text, test_ref = [r["text"] for r in test], [r["reference"] for r in test]
+    test_group = ([r["subgroup"] for r in test] if cfg.group_col else [f"cluster {c}" for c in test_cluster])
+    pool_text, pool_ref = [r["text"] for r in pool], [r["reference"] for r in pool]
+    judge_info["flags_test_inputs"] = metrics.offensive_share(judge(test_text), cfg.judge_threshold)
+    judge_info["flags_test_references"] = metrics.offensive_share(judge(test_ref), cfg.judge_threshold)
+    if cfg.judge == "probe":
+        trained = {normalise(t) for t in scorer.read_labelled(cfg.judge_data, text_col=cfg.judge_text_col,
+                                                               negative_col=cfg.judge_negative_col)[0]}
+        judge_info["overlap_with_test"] = sum(normalise(t) in trained for t in test_text + test_ref)
+
+    with tempfile.TemporaryDirectory(prefix="labelloop-sim-") as tmp:
+        ct2_cache = Path(tmp) / ".ct2"
+
+        def gen(model: str, texts: list[str]) -> list[str]:
+            return learner.generate(model, texts, batch_size=64, max_new_tokens=cfg.max_new_tokens,
+                                    runtime=cfg.runtime, cache_dir=ct2_cache)
+
+        def evaluate(outputs: list[str]) -> dict:
+            return metrics.evaluate(outputs, test_ref, judge(outputs), test_group,
+                                    judge_threshold=cfg.judge_threshold, chrf_threshold=cfg.chrf_threshold)
+
+        t = time.perf_counter()
+        starter_pool = gen(cfg.learner, pool_text)  # the starter is deterministic: shared by every run
+        starter_metrics = evaluate(gen(cfg.learner, test_text))
+        timings["starter_s"] = time.perf_counter() - t
+        records: list[dict] = []
+        total = len(cfg.strategies) * len(cfg.seeds) * cfg.rounds
+        with tqdm(total=total, desc="simulate", disable=not cfg.progress) as bar:
+            for seed in cfg.seeds:
+                # the verifier's verdict on an item depends on the seed only, so strategies meet the same verdicts
+                rejected = np.random.default_rng([seed, 7]).random(len(pool)) < cfg.reject_rate
+                for strategy in cfg.strategies:
+                    records.append({"strategy": strategy, "seed": seed, "round": 0, "labeled": 0, "selected": 0,
+                                    "accepted": 0, **starter_metrics})
+                    records.extend(_one_run(cfg, strategy, seed, rejected, pool_text, pool_ref, pool_cluster,
+                                            starter_pool, test_text, gen, evaluate, r_score,
+                                            Path(tmp) / f"{strategy}-{seed}", bar))
+    timings["total_s"] = time.perf_counter() - t_start
+    result = {
+        "command": command,
+        "config": asdict(cfg),
+        "data": {"file": cfg.data, "pool": len(pool), "test": len(test), "skipped_without_reference": skipped,
+                 "subgroups": "group column " + cfg.group_col if cfg.group_col else f"KMeans clusters (K={cfg.k})",
+                 "test_groups": metrics.group_rates([False] * len(test_group), test_group)},
+        "r": R_NAME,
+        "judge": judge_info,
+        "training": "each round fine-tunes a fresh copy of the starter on all accepted pairs so far",
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "records": records,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    from loop import simreport
+
+    simreport.write(result, out)
+    return result
+
+
+def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, pool_text: list[str],
+             pool_ref: list[str], pool_cluster: np.ndarray, starter_pool: list[str], test_text: list[str],
+             gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path, bar) -> list[dict]:
+    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate."""
+    from loop import learner
+
+    rng = np.random.default_rng(seed)
+    available = np.ones(len(pool_text), dtype=bool)
+    accepted: list[int] = []
+    model = cfg.learner
+    rows = []
+    for rnd in range(1, cfg.rounds + 1):
+        t = time.perf_counter()
+        cand = np.flatnonzero(available)
+        if len(cand) == 0:
+            break
+        texts = [pool_text[i] for i in cand]
+        interim = [starter_pool[i] for i in cand] if model == cfg.learner else gen(model, texts)
+        scores = np.asarray(r_score(interim))
+        picked = cand[STRATEGIES[strategy](scores, pool_cluster[cand], cfg.budget, rng)]
+        available[picked] = False
+        ok = [int(i) for i in picked if not rejected[i]]
+        accepted.extend(ok)
+        fit = {}
+        if accepted:
+            fit = learner.fine_tune(cfg.learner, [(pool_text[i], pool_ref[i]) for i in accepted], ckpt,
+                                    epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                    seed=seed * 1000 + rnd)
+            model = str(ckpt)
+        row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
+               "accepted": len(ok), "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
+               "clusters_selected": {str(c): int(n) for c, n in zip(*np.unique(pool_cluster[picked],
+                                                                               return_counts=True), strict=True)},
+               "train_loss": fit.get("train_loss"), **evaluate(gen(model, test_text))}
+        row["seconds"] = round(time.perf_counter() - t, 2)
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(strategy=strategy, seed=seed, chrf=f"{row['chrf']:.1f}")
+    if model != cfg.learner:
+        learner.clear_cache()  # this run's checkpoints are done with; free their memory
+    return rows

@@ -1,0 +1,79 @@
+"""The learner's versions: the dev split, the promotion gate, rollback and pruning of old checkpoints.
+
+Every trained checkpoint gets a version number and its metrics in the ledger. The gate promotes a new
+version only when its dev loss is no worse than the version in use on the same dev split; a worse one
+is kept (status 'held', with a note saying why) and can still be promoted by hand with `rollback`.
+Only the last `keep_last` trained checkpoints stay on disk, plus the one in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from loop.store import Ledger
+
+
+def split_dev(
+    pairs: list[tuple[str, str]], fraction: float, min_dev: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, dev): a pair is dev when the hash of its source falls under `fraction`, so a pair stays on
+    its side as the verified set grows. Fewer than `min_dev` dev pairs: no dev split (all train)."""
+    def bucket(source: str) -> float:
+        return int(hashlib.sha1(source.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    dev = [p for p in pairs if bucket(p[0]) < fraction]
+    if len(dev) < min_dev or len(dev) == len(pairs):
+        return list(pairs), []
+    dev_sources = {s for s, _ in dev}
+    return [p for p in pairs if p[0] not in dev_sources], dev
+
+
+def gate(new_dev_loss: float, current_dev_loss: float, current: str, dev_pairs: int) -> tuple[bool, str]:
+    """(promote?, note): promote when the new dev loss is no worse than the current version's."""
+    verdict = "promoted" if new_dev_loss <= current_dev_loss else "held: worse on dev than"
+    return new_dev_loss <= current_dev_loss, (
+        f"{verdict} {current} (dev loss {new_dev_loss:.4f} vs {current_dev_loss:.4f} on {dev_pairs} pairs)"
+    )
+
+
+def _number(version: str) -> int:
+    return int(version[1:]) if version[1:].isdigit() else -1
+
+
+def rollback(ledger: Ledger, version: str) -> dict:
+    """Make an earlier (or held) version the one in use; errors say what is wrong and what exists."""
+    row = ledger.model_version(version)
+    if row is None:
+        known = ", ".join(v["version"] for v in sorted(ledger.model_versions(), key=lambda v: _number(v["version"])))
+        raise ValueError(f"no learner version {version!r}; known: {known or 'none'}")
+    if row.get("pruned"):
+        raise ValueError(f"{version}'s checkpoint was removed from disk (learner.keep_last); it cannot be used")
+    if Path(row["path"]).is_absolute() and not Path(row["path"]).exists():
+        raise ValueError(f"{version}'s checkpoint {row['path']} is missing on disk")
+    ledger.promote_model(version, note=f"{row.get('note') or ''} | promoted by hand".strip(" |"))
+    return ledger.model_version(version) or row
+
+
+def prune(ledger: Ledger, models_dir: str | Path, keep_last: int, ct2_cache: str | Path | None = None) -> list[str]:
+    """Delete checkpoints of trained versions beyond the newest `keep_last` (never the one in use);
+    returns the versions pruned. Only directories inside `models_dir` are ever deleted."""
+    from loop import runtime
+
+    models_dir = Path(models_dir).resolve()
+    current = ledger.current_model()
+    in_use = current["version"] if current else None
+    trained = [v for v in ledger.model_versions() if v.get("round_id") is not None and not v.get("pruned")]
+    trained.sort(key=lambda v: _number(v["version"]))
+    pruned = []
+    for v in trained[: max(0, len(trained) - keep_last)]:
+        path = Path(v["path"]).resolve()
+        if v["version"] == in_use or models_dir not in path.parents:
+            continue
+        if ct2_cache is not None and path.exists():
+            runtime.remove_conversions(str(path), ct2_cache)
+        shutil.rmtree(path, ignore_errors=True)
+        ledger.mark_model_pruned(v["version"])
+        pruned.append(v["version"])
+    return pruned

@@ -1,0 +1,139 @@
+"""Tests for loop.simulate (and its report, loop.simreport): a tiny end-to-end run and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loop import simreport
+from loop.cli import main
+from loop.simulate import SimConfig, SimulateError, load_split, run
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = ROOT / "data" / "paradetox" / "pool.tsv"
+STARTER = ROOT / "data" / "paradetox" / "starter.tsv"
+
+
+def _rows(path: Path, n: int) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [row for _, row in zip(range(n), reader, strict=False)]
+
+
+def _write_tsv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 60-row pool with a group column and a 40-text judge file (small enough to embed in seconds)."""
+    d = tmp_path_factory.mktemp("sim")
+    rows = [{**r, "group": "even" if i % 2 == 0 else "odd"} for i, r in enumerate(_rows(POOL, 60))]
+    judge = _write_tsv(d / "judge.tsv", _rows(STARTER, 20))
+    return {"dir": d, "data": _write_tsv(d / "pool.tsv", rows), "judge": judge}
+
+
+def _cfg(tiny: dict, out: str, **kw) -> SimConfig:
+    base = dict(data=str(tiny["data"]), group_col="group", out_dir=str(tiny["dir"] / out),
+                judge_data=str(tiny["judge"]), cache_dir=str(tiny["dir"] / "cache"), pool_size=40, test_size=16,
+                rounds=2, budget=8, k=3,
+                seeds=[0, 1], epochs=1, progress=False)
+    base.update(kw)
+    return SimConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def result(tiny: dict, starter_model: Path) -> dict:
+    return run(_cfg(tiny, "all", learner=str(starter_model)), command="labelloop simulate --tiny")
+
+
+def test_every_strategy_and_seed_is_evaluated_after_every_round(result: dict):
+    got = {(r["strategy"], r["seed"], r["round"]) for r in result["records"]}
+    want = {(s, seed, rnd) for s in SimConfig(data="x").strategies for seed in (0, 1) for rnd in (0, 1, 2)}
+    assert got == want
+    for r in result["records"]:
+        assert r["labeled"] == 8 * r["round"]  # no rejections: the labeled set grows by the budget
+        assert 0 <= r["chrf"] <= 100 and 0 <= r["offensive_share"] <= 1 and r["mtld"] >= 0
+        assert set(r["groups"]) == {"even", "odd"}  # the group column, not the clusters, defines subgroups
+
+
+def test_global_top_picks_the_highest_r_in_the_first_round(result: dict):
+    first = {(r["strategy"], r["seed"]): r["mean_r_selected"] for r in result["records"] if r["round"] == 1}
+    for seed in (0, 1):  # round 1 scores the same starter outputs for every strategy
+        top = first[("global_top", seed)]
+        assert all(top >= first[(s, seed)] - 1e-12 for s in ("stratified", "random", "cluster_random"))
+    strat = [r for r in result["records"] if r["strategy"] == "stratified" and r["round"] == 1]
+    assert all(len(r["clusters_selected"]) == 3 for r in strat)  # N/K from every cluster
+
+
+def test_run_writes_json_plots_and_a_report_with_the_command(result: dict, tiny: dict):
+    out = tiny["dir"] / "all"
+    assert json.loads((out / "results.json").read_text())["records"] == result["records"]
+    for png in ("curves.png", "groups.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "labelloop simulate --tiny" in report and "held-out accuracy" in report
+    assert "Warning: the judge is R" not in report
+    assert "stratified vs cluster_random, global_top, random" not in report  # one verdict per baseline
+    assert "global_top: " in report
+
+
+def test_test_split_is_disjoint_from_the_pool_and_fixed_by_the_split_seed(tiny: dict):
+    pool, test, skipped = load_split(_cfg(tiny, "x"))
+    assert len(pool) == 40 and len(test) == 16 and skipped == []
+    assert not {r["text"] for r in pool} & {r["text"] for r in test}
+    again, _, _ = load_split(_cfg(tiny, "x"))
+    other, _, _ = load_split(_cfg(tiny, "x", split_seed=5))
+    assert [r["text"] for r in again] == [r["text"] for r in pool]
+    assert [r["text"] for r in other] != [r["text"] for r in pool]
+
+
+def test_rejections_shrink_the_labeled_set_and_profanity_judge_is_flagged(tiny: dict, starter_model: Path):
+    res = run(_cfg(tiny, "reject", learner=str(starter_model), strategies=["random"], seeds=[3], rounds=1,
+                   reject_rate=0.5, judge="profanity"))
+    last = res["records"][-1]
+    assert last["selected"] == 8 and last["accepted"] < 8 and last["labeled"] == last["accepted"]
+    assert "Warning: the judge is R itself" in (tiny["dir"] / "reject" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"reference_col": "nope"}, "reference column 'nope' is missing"),
+    ({"group_col": "nope"}, "group column 'nope' is missing"),
+    ({"pool_size": 50}, "60 usable rows"),
+    ({"strategies": ["best"]}, "--strategy best"),
+    ({"reject_rate": 1.0}, "--reject-rate"),
+    ({"judge": "oracle"}, "--judge 'oracle'"),
+])
+def test_bad_settings_are_clear_errors(tiny: dict, kw: dict, message: str):
+    with pytest.raises(SimulateError, match=message):
+        cfg = _cfg(tiny, "bad", **kw)
+        cfg.check()
+        load_split(cfg)
+
+
+def test_cli_reports_a_missing_column_with_the_file(tiny: dict):
+    got = CliRunner().invoke(main, ["simulate", "--data", str(tiny["data"]), "--reference-col", "target",
+                                    "--out", str(tiny["dir"] / "cli")])
+    assert got.exit_code == 1
+    assert str(tiny["data"]) in got.output and "'target'" in got.output
+
+
+@pytest.mark.parametrize(("a", "b", "higher", "want"), [
+    ((1, 2), (3, 4), True, "worse"),
+    ((3, 4), (1, 2), True, "better"),
+    ((3, 4), (1, 2), False, "worse"),
+    ((1, 3), (2, 4), True, "within the seed spread"),
+])
+def test_verdict_counts_a_difference_only_when_seed_ranges_do_not_overlap(a, b, higher, want):
+    def stats(lo_hi):
+        return {"min": lo_hi[0], "max": lo_hi[1], "n": 3}
+
+    assert simreport.verdict(stats(a), stats(b), higher) == want

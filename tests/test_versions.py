@@ -1,0 +1,195 @@
+"""Pool scoring that recomputes only what changed, and the learner's versions: gate, rollback, pruning.
+
+Real ledger (SQLite in a tmp dir), the real starter learner and real R; spies only count calls.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loop import learner, rounds, versions
+from loop.cli import main
+from loop.config import load_settings
+from loop.ingest import ingest
+from loop.rounds import Context
+from loop.store import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = ROOT / "data" / "paradetox" / "pool.tsv"
+
+
+def _pool_file(path: Path, start: int, stop: int) -> Path:
+    with POOL.open(newline="") as src, path.open("w", newline="") as dst:
+        rows = list(csv.reader(src, delimiter="\t"))
+        csv.writer(dst, delimiter="\t", lineterminator="\n").writerows([rows[0], *rows[1 + start : 1 + stop]])
+    return path
+
+
+def _ctx(tmp_path: Path, starter_model: Path, n: int = 12, **overrides) -> Context:
+    settings = load_settings(data_dir=str(tmp_path / "proj"), learner__base_model=str(starter_model),
+                             learner__max_new_tokens=16, **overrides)
+    ledger = Ledger(settings.ledger_path)
+    ingest(ledger, _pool_file(tmp_path / "pool.tsv", 0, n), text_col="text", reference_col="reference")
+    return Context(settings=settings, ledger=ledger)
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Count the texts the learner generates for and R scores (the real functions still run)."""
+    calls = {"generated": 0, "scored": 0}
+    real_generate, real_score = learner.generate, rounds.score_texts
+
+    def generate(model, texts, **kw):
+        calls["generated"] += len(texts)
+        return real_generate(model, texts, **kw)
+
+    def score_texts(scorer, texts, **kw):
+        calls["scored"] += len(texts)
+        return real_score(scorer, texts, **kw)
+
+    monkeypatch.setattr(learner, "generate", generate)
+    monkeypatch.setattr(rounds, "score_texts", score_texts)
+    return calls
+
+
+def test_scoring_recomputes_only_what_changed(tmp_path, starter_model, spies):
+    ctx = _ctx(tmp_path, starter_model, n=12)
+    v0 = rounds.current_learner(ctx)
+    ids = [it["id"] for it in ctx.ledger.pool_items()]
+    first = rounds.score_candidates(ctx, ids, v0)
+    assert sorted(first) == ids and spies == {"generated": 12, "scored": 12}
+    assert all(0 <= s <= 1 for _, s in first.values())
+
+    assert rounds.score_candidates(ctx, ids, v0) == first  # nothing changed: nothing recomputed
+    assert spies == {"generated": 12, "scored": 12}
+
+    ingest(ctx.ledger, _pool_file(tmp_path / "more.tsv", 12, 16), text_col="text", reference_col="reference")
+    ids = [it["id"] for it in ctx.ledger.pool_items()]
+    before = rounds.score_candidates(ctx, ids, v0)  # four new items: only they are generated and scored
+    assert spies == {"generated": 16, "scored": 16}
+
+    # a different R re-scores the stored outputs of the same version without regenerating them
+    ctx.settings = load_settings(data_dir=ctx.settings.data_dir, learner__base_model=str(starter_model),
+                                 learner__max_new_tokens=16,
+                                 scorer__attributes=[{"kind": "profanity", "weight": 2.0}])
+    again = rounds.score_candidates(ctx, ids, v0)
+    assert spies == {"generated": 16, "scored": 32}
+    assert again.keys() == before.keys()
+    assert all(again[i][0] == before[i][0] for i in ids)  # the same stored outputs ...
+    assert all(again[i][1] == pytest.approx(before[i][1]) for i in ids)  # ... and profanity*2/2 == profanity
+    assert len(ctx.ledger.scores("v0", "weighted(profanity*2)")) == 16  # stored under R's new signature
+
+    # a new learner version regenerates everything for that version
+    ctx.ledger.add_model_version("v1", path=str(starter_model), parent="v0", round_id=1, pairs=0, metrics={})
+    rounds.score_candidates(ctx, ids, ctx.ledger.current_model())
+    assert spies == {"generated": 32, "scored": 48}
+
+
+def test_prepare_pool_embeds_once_and_reclusters_only_when_the_pool_changes(tmp_path, starter_model, monkeypatch):
+    ctx = _ctx(tmp_path, starter_model, n=10, cluster__k=2)
+    embedded, clustered = [], []
+    real_embed, real_cluster = rounds.embed_mod.embed, rounds.cluster_mod.cluster
+    monkeypatch.setattr(rounds.embed_mod, "embed", lambda texts, **kw: embedded.append(len(texts)) or
+                        real_embed(texts, **kw))
+    monkeypatch.setattr(rounds.cluster_mod, "cluster", lambda m, **kw: clustered.append(len(m)) or
+                        real_cluster(m, **kw))
+    first = rounds.prepare_pool(ctx)
+    assert len(first) == 10 and set(first.values()) == {0, 1}
+    assert rounds.prepare_pool(ctx) == first and embedded == [10] and clustered == [10]
+    ingest(ctx.ledger, _pool_file(tmp_path / "more.tsv", 10, 13), text_col="text", reference_col="reference")
+    assert len(rounds.prepare_pool(ctx)) == 13
+    assert embedded == [10, 3] and clustered == [10, 13]
+
+
+def _verify_all(ledger: Ledger) -> None:
+    """A round over every pool item, each accepted with its reference as the target (real ledger rows)."""
+    items = ledger.pool_items()
+    round_id = ledger.create_round(strategy="random", budget=len(items), learner_version="v0",
+                                   items=[{"pool_id": it["id"], "cluster": 0, "score": 0.5} for it in items])
+    ledger.record_verifications([
+        {"annotation_id": 1000 + it["id"], "task_id": it["id"], "round_id": round_id, "pool_id": it["id"],
+         "verdict": "accept", "target": it["reference"], "updated_at": "2025-01-01T00:00:00"} for it in items
+    ])
+
+
+GATED = {"learner__dev_fraction": 0.3, "learner__min_dev_pairs": 3, "learner__epochs": 2}
+
+
+def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_model):
+    ctx = _ctx(tmp_path, starter_model, n=30, learner__lr=3.0, **GATED)  # lr 3.0 wrecks the weights
+    _verify_all(ctx.ledger)
+    assert rounds.train_round(ctx, 1) == "v1"
+    v1 = ctx.ledger.model_version("v1")
+    assert v1["status"] == "held" and v1["note"].startswith("held: worse on dev than v0")
+    assert v1["metrics"]["dev_loss"] > v1["metrics"]["parent_dev_loss"]
+    assert ctx.ledger.current_model()["version"] == "v0"  # the version in use did not change
+
+    result = CliRunner().invoke(main, ["models"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
+    assert result.exit_code == 0, result.output
+    assert "held" in result.output and "v0 *" in result.output
+
+    versions.rollback(ctx.ledger, "v1")
+    assert ctx.ledger.current_model()["version"] == "v1"
+    assert ctx.ledger.model_version("v1")["status"] == "promoted"
+    result = CliRunner().invoke(main, ["rollback", "v0"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
+    assert result.exit_code == 0, result.output
+    assert ctx.ledger.current_model()["version"] == "v0"
+    result = CliRunner().invoke(main, ["rollback", "v9"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
+    assert result.exit_code != 0 and "no learner version 'v9'; known: v0, v1" in result.output
+
+
+def test_gate_promotes_a_better_version_with_early_stopping_metrics(tmp_path, starter_model):
+    ctx = _ctx(tmp_path, starter_model, n=30, learner__lr=3e-4, **{**GATED, "learner__epochs": 4})
+    _verify_all(ctx.ledger)
+    assert rounds.train_round(ctx, 1) == "v1"
+    v1 = ctx.ledger.current_model()
+    assert v1["version"] == "v1" and v1["status"] == "promoted" and v1["note"].startswith("promoted v0")
+    metrics = ctx.ledger.model_version("v1")["metrics"]
+    train, dev = versions.split_dev(ctx.ledger.verified_pairs(), 0.3, 3)
+    assert metrics["dev_pairs"] == len(dev) >= 3 and metrics["pairs"] == len(train)
+    assert metrics["dev_loss"] <= metrics["parent_dev_loss"]
+    # dev loss is best after epoch 1 and worse after epoch 2: patience 1 stops there; epoch 1 is saved
+    assert metrics["best_epoch"] == 1 and metrics["epochs"] == 2 == len(metrics["dev_losses"])
+    assert metrics["dev_loss"] == min(metrics["dev_losses"])
+    assert learner.evaluate_loss(v1["path"], dev) == pytest.approx(metrics["dev_loss"], rel=1e-5)
+
+
+def test_small_verified_sets_are_promoted_without_a_gate(tmp_path, starter_model):
+    ctx = _ctx(tmp_path, starter_model, n=5, learner__epochs=1)  # 5 pairs: below min_dev_pairs (8)
+    _verify_all(ctx.ledger)
+    rounds.train_round(ctx, 1)
+    v1 = ctx.ledger.current_model()
+    assert v1["version"] == "v1" and "without a gate" in v1["note"] and v1["pairs"] == 5
+
+
+def test_keep_last_prunes_old_checkpoints_but_never_the_one_in_use(tmp_path, starter_model):
+    ctx = _ctx(tmp_path, starter_model, n=6, learner__epochs=1, learner__keep_last=1)
+    _verify_all(ctx.ledger)
+    for round_id in (1, 2, 3):
+        rounds.train_round(ctx, round_id)
+    on_disk = sorted(p.name for p in ctx.settings.models_dir.iterdir() if not p.name.startswith("."))
+    assert on_disk == ["v3"]
+    assert [v["pruned"] for v in ctx.ledger.model_versions()] == [0, 1, 1, 0]
+    with pytest.raises(ValueError, match="removed from disk"):
+        versions.rollback(ctx.ledger, "v1")
+    assert versions.prune(ctx.ledger, ctx.settings.models_dir, 1) == []
+
+
+@pytest.mark.parametrize(
+    ("pairs", "fraction", "min_dev", "dev_size"),
+    [(40, 0.0, 1, 0), (40, 0.5, 1, None), (5, 0.1, 8, 0), (3, 0.99, 1, 0)],
+)
+def test_split_dev_is_stable_and_disjoint(pairs, fraction, min_dev, dev_size):
+    data = [(f"source {i}", f"target {i}") for i in range(pairs)]
+    train, dev = versions.split_dev(data, fraction, min_dev)
+    assert sorted(train + dev) == sorted(data) and not set(train) & set(dev)
+    if dev_size is not None:
+        assert len(dev) == dev_size
+    else:
+        assert 0 < len(dev) < pairs
+        more_train, more_dev = versions.split_dev(data + [("source x", "y")], fraction, min_dev)
+        assert set(dev) <= set(more_dev)  # a dev pair stays dev as the verified set grows
