@@ -166,9 +166,11 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
          [[r, u["calls"], u["attempts"], u["failures"], u["cached"], u["prompt_tokens"], u["completion_tokens"],
            f"{u['cost']:.4f}"] for r, u in [*usage["rounds"].items(), ("all", usage["total"])]])
     metric_names = sorted({k for v in facts["learners"] for k in v["metrics"]})
-    show("learner versions (* = current)", ["version", "parent", "round", "pairs", *metric_names, "created"],
+    show("learner versions (* = current)",
+         ["version", "parent", "round", "pairs", *metric_names, "status", "gate", "created"],
          [[v["version"] + (" *" if v["current"] else ""), v["parent"], v["round"], v["pairs"],
-           *(_metric(v["metrics"].get(m)) for m in metric_names), v["created_at"]] for v in facts["learners"]])
+           *(_metric(v["metrics"].get(m)) for m in metric_names), v["status"] or "", v["note"] or "",
+           v["created_at"]] for v in facts["learners"]])
 
 
 def _metric(value: object) -> str:

@@ -159,7 +159,8 @@ def learners(ledger: Ledger) -> list[dict]:
     current = (ledger.current_model() or {}).get("version")
     return [
         {"version": v["version"], "parent": v["parent"], "round": v["round_id"], "pairs": v["pairs"],
-         "metrics": v["metrics"], "status": v.get("status"), "current": v["version"] == current,
+         "metrics": v["metrics"], "status": v.get("status"), "note": v.get("note"),
+         "current": v["version"] == current,
          "created_at": v["created_at"]}
         for v in ledger.model_versions()
     ]

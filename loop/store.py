@@ -676,7 +676,9 @@ class Ledger:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('learner_version', ?)", [version])
 
     def model_versions(self) -> list[dict]:
-        rows = self._rows("SELECT * FROM model_versions ORDER BY created_at, version")
+        rows = self._rows(  # v10 after v2: by number, not by text
+            "SELECT * FROM model_versions ORDER BY created_at, CAST(substr(version, 2) AS INTEGER), version"
+        )
         for r in rows:
             r["metrics"] = json.loads(r["metrics"] or "{}")
         return rows
