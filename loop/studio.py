@@ -173,6 +173,23 @@ def check_label_config(label_config: str) -> None:
         raise ValueError(f"a draft prediction does not fit the label config: {errors}")
 
 
+def _id_range_query(task_ids) -> dict:
+    """A task filter on the id range min..max: a list of 10,000 ids would not fit in the request line."""
+    return {
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {
+                    "filter": "filter:tasks:id",
+                    "operator": "in",
+                    "type": "Number",
+                    "value": {"min": min(task_ids), "max": max(task_ids)},
+                }
+            ],
+        }
+    }
+
+
 class Studio:
     """A thin client over label-studio-sdk for one Label Studio server.
 
@@ -345,20 +362,7 @@ class Studio:
         }
 
     def _tasks_without_predictions(self, project_id: int, task_ids: list[int]) -> set[int]:
-        # an id range, not the list of ids: a 10,000-id list would not fit in the request line
-        query = {
-            "filters": {
-                "conjunction": "and",
-                "items": [
-                    {
-                        "filter": "filter:tasks:id",
-                        "operator": "in",
-                        "type": "Number",
-                        "value": {"min": min(task_ids), "max": max(task_ids)},
-                    }
-                ],
-            }
-        }
+        query = _id_range_query(task_ids)
         missing = {int(t) for t in task_ids}
         for task in self._iter_tasks(
             project_id, "check predictions", query=query, fields="task_only", include="id,total_predictions"
@@ -440,20 +444,7 @@ class Studio:
         if not task_ids:
             return []
         wanted = {int(t) for t in task_ids}
-        # an id range, not the list of ids (see _tasks_without_predictions); filtered to `wanted` here
-        query = {
-            "filters": {
-                "conjunction": "and",
-                "items": [
-                    {
-                        "filter": "filter:tasks:id",
-                        "operator": "in",
-                        "type": "Number",
-                        "value": {"min": min(wanted), "max": max(wanted)},
-                    }
-                ],
-            }
-        }
+        query = _id_range_query(wanted)  # a range: filtered to `wanted` below
         try:
             found = self._read_annotations(project_id, query, include=_ANNOTATION_INCLUDE)
         except _SlimListingIncomplete:

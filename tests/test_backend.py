@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from werkzeug.serving import make_server
 
 from loop.config import load_settings
 from loop.store import Ledger
 from ml_backend.app import create_app
-
-
-@contextmanager
-def serve(app) -> Iterator[str]:
-    """Serve a WSGI app on a free loopback port in a thread; yields its base URL."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
+from tests.http import serve
 
 
 @pytest.fixture

@@ -5,37 +5,22 @@ saved to test-artifacts/dashboard.png."""
 from __future__ import annotations
 
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from loop import status
 from loop.config import load_settings
 from ml_backend.app import create_app
 from tests import status_ledger
+from tests.http import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 AUTH = ("pm", "dashboard-pass-123")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@contextmanager
-def serve(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from loop.config import load_settings
 from loop.ingest import ingest
 from loop.scheduler import AlreadyRunning, ProjectLock, Scheduler
 from loop.store import Ledger
-from tests.test_backend import serve
+from tests.http import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_CONFIG = (ROOT / "label_config" / "style_transfer.xml").read_text()
