@@ -165,7 +165,9 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
                            "completion tokens", "cost (USD)"],
          [[r, u["calls"], u["attempts"], u["failures"], u["cached"], u["prompt_tokens"], u["completion_tokens"],
            f"{u['cost']:.4f}"] for r, u in [*usage["rounds"].items(), ("all", usage["total"])]])
-    metric_names = sorted({k for v in facts["learners"] for k in v["metrics"]})
+    # scalar metrics only (losses, epochs, seconds): lists and paths belong to `labelloop models`
+    metric_names = sorted({k for v in facts["learners"] for k, x in v["metrics"].items()
+                           if isinstance(x, int | float) and not isinstance(x, bool) and k != "pairs"})
     show("learner versions (* = current)",
          ["version", "parent", "round", "pairs", *metric_names, "status", "gate", "created"],
          [[v["version"] + (" *" if v["current"] else ""), v["parent"], v["round"], v["pairs"],
