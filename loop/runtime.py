@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,10 @@ def convert(model: str, runtime: str = "ct2", cache_dir: str | Path | None = Non
     return out
 
 
-def _remove_stale(root: Path, key: str, quant: str, keep: Path) -> None:
-    """Delete earlier conversions of the same source (its weights were rewritten since)."""
-    for other in root.glob(f"*-{quant}"):
+def _drop_conversions(paths: Iterable[Path], key: str, keep: Path | None = None) -> int:
+    """Delete the conversions among `paths` made from source `key` (except `keep`); returns how many."""
+    removed = 0
+    for other in paths:
         if other == keep:
             continue
         try:
@@ -79,24 +81,20 @@ def _remove_stale(root: Path, key: str, quant: str, keep: Path) -> None:
             with _LOCK:
                 _TRANSLATORS.pop(str(other), None)
             shutil.rmtree(other, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _remove_stale(root: Path, key: str, quant: str, keep: Path) -> None:
+    """Delete earlier conversions of the same source (its weights were rewritten since)."""
+    _drop_conversions(root.glob(f"*-{quant}"), key, keep)
 
 
 def remove_conversions(model: str, cache_dir: str | Path | None = None) -> int:
     """Delete every conversion of `model` (used when a version's checkpoint is pruned); returns how many."""
     key, _ = _source_key(model)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    removed = 0
-    for other in root.glob("*-*"):
-        try:
-            meta = json.loads((other / "labelloop-source.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("source") == key:
-            with _LOCK:
-                _TRANSLATORS.pop(str(other), None)
-            shutil.rmtree(other, ignore_errors=True)
-            removed += 1
-    return removed
+    return _drop_conversions(root.glob("*-*"), key)
 
 
 def translator(path: Path, threads: int | None = None):

@@ -604,6 +604,8 @@ class Studio:
         brought to these settings."""
         want_headers = dict(headers or {})
         want_actions = sorted(WEBHOOK_ACTIONS)
+        wanted = {"url": url, "actions": want_actions, "headers": want_headers, "send_payload": True,
+                  "send_for_all_actions": False, "is_active": True}
         with _calling(f"list webhooks of project {project_id}"):
             hooks = self._ls.webhooks.list(project=str(project_id))
         for hook in hooks:
@@ -618,24 +620,8 @@ class Studio:
             )
             if not same:
                 with _calling(f"update webhook {hook.id} of project {project_id}"):
-                    self._ls.webhooks.update(
-                        id=int(hook.id),
-                        url=url,
-                        actions=want_actions,
-                        headers=want_headers,
-                        send_payload=True,
-                        send_for_all_actions=False,
-                        is_active=True,
-                    )
+                    self._ls.webhooks.update(id=int(hook.id), **wanted)
             return int(hook.id)
         with _calling(f"create webhook for project {project_id}"):
-            hook = self._ls.webhooks.create(
-                project=project_id,
-                url=url,
-                actions=want_actions,
-                headers=want_headers,
-                send_payload=True,
-                send_for_all_actions=False,
-                is_active=True,
-            )
+            hook = self._ls.webhooks.create(project=project_id, **wanted)
         return int(hook.id)
