@@ -98,7 +98,7 @@ class Scheduler:
             s = self.ctx.settings.scheduler
             delay = min(s.poll_seconds * 2 ** (self.failures - 1), s.max_backoff_seconds)
             self._resume_at = time.monotonic() + delay
-            log.warning("%s; retrying in %.0f s (%d failure(s) in a row)", last, delay, self.failures)
+            log.warning("%s; retrying in %.1f s (%d failure(s) in a row)", last, delay, self.failures)
             return
         if self.failures:
             log.info("recovered after %d failed attempt(s)", self.failures)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from loop.config import load_settings
 from loop.store import Ledger
 from ml_backend.app import create_app
-from tests.http import serve
+from tests.webserve import serve
 
 
 @pytest.fixture

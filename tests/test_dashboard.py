@@ -15,7 +15,7 @@ from loop import status
 from loop.config import load_settings
 from ml_backend.app import create_app
 from tests import status_ledger
-from tests.http import serve
+from tests.webserve import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -21,7 +21,7 @@ from loop.config import load_settings
 from loop.ingest import ingest
 from loop.scheduler import AlreadyRunning, ProjectLock, Scheduler
 from loop.store import Ledger
-from tests.http import serve
+from tests.webserve import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_CONFIG = (ROOT / "label_config" / "style_transfer.xml").read_text()
@@ -189,9 +189,12 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(
     rng = random.Random(11)
     kills, states_killed_in = 0, []
     while kills < 20:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        log = tmp_path / f"driver-{kills}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=env, cwd=ROOT)
         ready, _, _ = select.select([proc.stdout], [], [], 120)
-        assert ready and proc.stdout.readline().strip() == b"ready"
+        line = proc.stdout.readline().strip() if ready else b""
+        assert line == b"ready", f"driver life {kills} did not start: {log.read_text()[-3000:]}"
         try:
             proc.wait(timeout=rng.uniform(0.0, 1.2))  # the kill point: a random moment of round work
             assert proc.returncode == 0
@@ -248,8 +251,9 @@ def test_a_label_studio_outage_is_survived_without_a_manual_step(tmp_path, studi
         restarted = localstudio.start(label_studio.data_dir, port=int(label_studio.url.rsplit(":", 1)[1]))
         label_studio.pid, label_studio._proc = restarted.pid, restarted._proc  # the session fixture stops it
         studio.annotate(task_id, verdict="accept", text="you are wrong")
-        wait_for(lambda: ledger.get_round(rid)["state"] == "done", 120, "recovery, the sync and training")
-        assert scheduler.failures == 0 and ledger.get_round(rid)["error"] is None
+        wait_for(lambda: ledger.get_round(rid)["state"] == "done" and scheduler.failures == 0, 120,
+                 "recovery, the sync and training")
+        assert ledger.get_round(rid)["error"] is None
         assert [v["verdict"] for v in ledger.verifications(rid)] == ["accept"]
     finally:
         scheduler.stop()
