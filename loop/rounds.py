@@ -254,7 +254,6 @@ def sync_verifications(ctx: Context, *, full: bool = True) -> int:
              "lead_time": ann.lead_time, "created_at": ann.created_at}
         )
     changed = ledger.record_verifications(rows)
-    ledger.set_annotation_times(rows)  # lead time and creation, for throughput and export (not a change)
     changed += ledger.withdraw_verifications({a.annotation_id for a in annotations}, scope)
     ledger.mark_events_processed(up_to)
     if full:

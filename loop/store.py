@@ -570,10 +570,11 @@ class Ledger:
                         continue
                 conn.execute(
                     "INSERT OR REPLACE INTO verifications(annotation_id, task_id, round_id, pool_id, verdict,"
-                    " target, draft, comment, annotator, updated_at, synced_at, withdrawn_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    " target, draft, comment, annotator, updated_at, synced_at, withdrawn_at, lead_time, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                     [r["annotation_id"], r["task_id"], r["round_id"], r["pool_id"], r["verdict"], r["target"],
-                     r.get("draft"), r.get("comment"), r.get("annotator"), r["updated_at"], stamp],
+                     r.get("draft"), r.get("comment"), r.get("annotator"), r["updated_at"], stamp,
+                     r.get("lead_time"), r.get("created_at")],
                 )
                 conn.execute(
                     "INSERT INTO verification_history(annotation_id, change, verdict, target, updated_at,"
@@ -758,15 +759,6 @@ class Ledger:
         " SELECT max(v2.annotation_id) FROM verifications v2 WHERE v2.pool_id = v.pool_id"
         " AND v2.withdrawn_at IS NULL)"
     )
-
-    def set_annotation_times(self, rows: list[dict]) -> None:
-        """Store Label Studio's lead_time (seconds) and created_at for annotations already recorded."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE verifications SET lead_time = coalesce(?, lead_time), created_at = coalesce(?, created_at)"
-                " WHERE annotation_id = ?",
-                [(r.get("lead_time"), r.get("created_at"), r["annotation_id"]) for r in rows],
-            )
 
     def cluster_progress(self) -> list[dict]:
         """Per round and cluster: selected, failed, imported, verified items and their latest verdicts."""

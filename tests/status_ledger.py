@@ -77,5 +77,4 @@ def build(path: Path) -> Ledger:
              "lead_time": lead, "created_at": created}
             for a, p, v, who, lead, created, upd in ANNOTATIONS]
     ledger.record_verifications(rows)
-    ledger.set_annotation_times(rows)
     return ledger
