@@ -39,7 +39,7 @@ def annotate_pending(
     synced into the ledger is not annotated twice.
     """
     done = set() if done is None else done
-    current = ctx.ledger.current_round()
+    current = ctx.ledger.find_current_round()
     if current is None or current["state"] not in ("imported", "verifying"):
         return 0
     verified = {v["pool_id"] for v in ctx.ledger.verifications(current["id"])}

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from loop.config import ConfigError, Settings, load_settings
 from loop.ingest import IngestError, ingest
-from loop.store import Ledger
+from loop.ledger import Ledger
 
 console = Console()
 if not console.is_terminal:  # a redirected log gets full-width tables instead of 80 columns
@@ -296,7 +296,7 @@ def models(config: str | None) -> None:
       labelloop -c configs/local.toml models
     """
     ledger = _ledger_or_fail(_settings(config))
-    current = (ledger.current_model() or {}).get("version")
+    current = (ledger.find_current_model() or {}).get("version")
     table = Table(title="learner versions (* = in use)")
     for col in ("version", "parent", "round", "pairs", "train loss", "dev loss", "status", "on disk", "note"):
         table.add_column(col)

@@ -17,12 +17,12 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from loop.errors import ConfigError  # noqa: F401 (re-exported: callers catch it from here too)
+
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
 SECRET_NAMES = ("api_key", "openai_api_key", "label_studio_api_key", "token", "password")
 
 
-class ConfigError(ValueError):
-    """A setting is wrong; the message names the file and the field."""
 
 
 class _Section(BaseModel):

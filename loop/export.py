@@ -19,8 +19,9 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
+from loop.errors import ExportError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.ledger import Ledger
 from loop.status import anonymise
-from loop.store import Ledger
 
 FORMATS = ("jsonl", "csv", "parquet", "hf")
 VERDICTS = ("accept", "edit", "reject")
@@ -34,8 +35,6 @@ FIELDS: dict[str, str] = {
 }
 
 
-class ExportError(ValueError):
-    """An export the user asked for that cannot be made (bad format, split, filter or output path)."""
 
 
 def edit_distance(draft: str | None, final: str | None) -> int | None:

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loop.store import Ledger
+from loop.errors import IngestError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.ledger import Ledger
 
 _SPACE = re.compile(r"\s+")
 
 
-class IngestError(ValueError):
-    """The pool file is unusable; the message says where (file:line, column) and why."""
 
 
 def normalise(text: str) -> str:

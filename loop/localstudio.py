@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loop.errors import LocalStudioError  # noqa: F401 (re-exported: callers catch it from here too)
+
 log = logging.getLogger(__name__)
 
 USERNAME = "admin@labelloop.local"
@@ -58,8 +60,6 @@ _ENV_PASSTHROUGH = (
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class LocalStudioError(RuntimeError):
-    """The local Label Studio server could not be installed, started or reached."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -21,13 +22,38 @@ from loop import cluster as cluster_mod
 from loop import embed as embed_mod
 from loop import teacher
 from loop.config import Settings
+from loop.errors import LabelloopError
+from loop.ledger import Ledger
 from loop.scorer import build_scorer, score_texts
 from loop.select import STRATEGIES
-from loop.store import Ledger
+from loop.vocab import BASE_VERSION, RANDOM_STRATEGIES, version_name, version_number
+
+if TYPE_CHECKING:  # the type only: loop.rounds loads without the SDK
+    from loop.studio import Studio
 
 log = logging.getLogger(__name__)
 
-BASE_VERSION = "v0"
+StepKind = Literal["moved", "waiting", "idle", "error"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one call of `advance` did: a step of the state machine (`moved`), nothing until annotators
+    finish (`waiting`), nothing left to do (`idle`), or a failure the scheduler recorded (`error`).
+    `message` is the line for people; callers branch on `kind`, never on the text."""
+
+    kind: StepKind
+    message: str
+    round_id: int | None = None
+    state: str | None = None  # the round's state after the step
+
+    @property
+    def settled(self) -> bool:
+        """True when the loop cannot go on before something outside changes (annotators, the pool)."""
+        return self.kind in ("waiting", "idle", "error")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -36,7 +62,7 @@ class Context:
 
     settings: Settings
     ledger: Ledger
-    studio: object | None = None  # loop.studio.Studio (kept untyped so that loop.rounds loads without the SDK)
+    studio: Studio | None = None
     project_id: int | None = None
     progress: bool = False
 
@@ -60,18 +86,17 @@ def parse_task_key(key: str) -> tuple[int, int] | None:
 # --- the learner's versions ------------------------------------------------------------------------
 def current_learner(ctx: Context) -> dict:
     """The current learner version; registers the configured base model as v0 on first use."""
-    current = ctx.ledger.current_model()
+    current = ctx.ledger.find_current_model()
     if current is None:
         ctx.ledger.add_model_version(
             BASE_VERSION, path=ctx.settings.learner.base_model, parent=None, round_id=None, pairs=0, metrics={}
         )
-        current = ctx.ledger.current_model()
+        current = ctx.ledger.find_current_model()
     return current
 
 
 def _next_version(ledger: Ledger) -> str:
-    numbers = [int(v["version"][1:]) for v in ledger.model_versions() if v["version"][1:].isdigit()]
-    return f"v{max(numbers, default=0) + 1}"
+    return version_name(max((version_number(v["version"]) for v in ledger.model_versions()), default=0) + 1)
 
 
 # --- steps -----------------------------------------------------------------------------------------
@@ -88,7 +113,7 @@ def prepare_pool(ctx: Context) -> dict[int, int]:
         ledger.put_embeddings(s.embed.model, [it["id"] for it in items], vectors)
     ids, matrix = ledger.embeddings(s.embed.model)
     clustering = f"{s.embed.model}|k={s.cluster.k}|seed={s.cluster.seed}|n={len(ids)}"
-    if ledger.clustering_id() != clustering:
+    if ledger.find_clustering() != clustering:
         log.info("clustering %d items into %d groups", len(ids), s.cluster.k)
         labels = cluster_mod.cluster(matrix, k=s.cluster.k, seed=s.cluster.seed)
         ledger.put_clusters(clustering, ids, labels)
@@ -189,7 +214,7 @@ def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
             failed = [b["pool_id"] for b in batch if b["cluster"] == c and b["teacher_error"]
                       and b["pool_id"] not in replaced]
             pool = [i for i in unsent if clusters[i] == c]
-            if s.select.strategy in ("random", "cluster_random"):
+            if s.select.strategy in RANDOM_STRATEGIES:
                 pool = [pool[j] for j in rng.permutation(len(pool))]
             else:
                 pool.sort(key=lambda i: -scored[i][1])
@@ -211,9 +236,9 @@ def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
 def import_round(ctx: Context, round_id: int) -> int:
     """Import the round's distilled items into Label Studio with their drafts as predictions."""
     if ctx.studio is None or ctx.project_id is None:
-        raise RuntimeError("no Label Studio project connected")
+        raise LabelloopError("no Label Studio project connected")
     batch = [b for b in ctx.ledger.batch(round_id) if b["draft"]]
-    model_version = ctx.ledger.get_meta(f"round:{round_id}:model_version", "teacher")
+    model_version = ctx.ledger.find_meta(f"round:{round_id}:model_version", "teacher")
     items = [
         {"key": task_key(round_id, b["pool_id"]), "text": b["text"], "draft": b["draft"], "score": b["score"],
          "meta": {"round": round_id, "cluster": b["cluster"]}}
@@ -262,7 +287,7 @@ def sync_verifications(ctx: Context, *, full: bool = True) -> int:
 
 
 def _full_sync_due(ctx: Context) -> bool:
-    last = ctx.ledger.get_meta("last_full_sync")
+    last = ctx.ledger.find_meta("last_full_sync")
     return last is None or time.time() - float(last) >= ctx.settings.scheduler.reconcile_seconds
 
 
@@ -307,24 +332,27 @@ def train_round(ctx: Context, round_id: int) -> str:
     return version
 
 
-def advance(ctx: Context) -> str:
+def advance(ctx: Context) -> Step:
     """Do the one next step of the newest round (or open a new one); return what happened."""
     ledger, s = ctx.ledger, ctx.settings
-    current = ledger.current_round()
+    current = ledger.find_current_round()
     if current is None or current["state"] == "done":
         if s.select.max_rounds is not None and len(ledger.rounds()) >= s.select.max_rounds:
-            return "idle: max_rounds reached"
+            return Step("idle", "idle: max_rounds reached")
         round_id = select_round(ctx)
-        return f"round {round_id}: selected" if round_id else "idle: pool exhausted"
+        if round_id is None:
+            return Step("idle", "idle: pool exhausted")
+        return Step("moved", f"round {round_id}: selected", round_id, "selected")
     round_id, state = current["id"], current["state"]
     if state == "selected":
         result = distill_round(ctx, round_id)
         ledger.set_round_state(round_id, "distilled", expect="selected")
-        return f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)"
+        return Step("moved", f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)",
+                    round_id, "distilled")
     if state == "distilled":
         n = import_round(ctx, round_id)
         ledger.set_round_state(round_id, "imported", expect="distilled", project_id=ctx.project_id)
-        return f"round {round_id}: imported {n} tasks"
+        return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")
     if state in ("imported", "verifying"):
         sync_verifications(ctx, full=state == "imported" or _full_sync_due(ctx))
         progress = ledger.round_progress(round_id)
@@ -332,23 +360,24 @@ def advance(ctx: Context) -> str:
             ledger.set_round_state(round_id, "verifying", expect="imported")
         if progress["verified"] >= progress["imported"]:  # an empty import (all drafts failed) is done too
             ledger.set_round_state(round_id, "training", expect="verifying")
-            return f"round {round_id}: all {progress['verified']} verified"
-        return f"waiting: round {round_id} verified {progress['verified']}/{progress['imported']}"
+            return Step("moved", f"round {round_id}: all {progress['verified']} verified", round_id, "training")
+        return Step("waiting", f"waiting: round {round_id} verified {progress['verified']}/{progress['imported']}",
+                    round_id, "verifying")
     if state == "training":
         version = train_round(ctx, round_id)
         ledger.set_round_state(round_id, "done", expect="training")
-        return f"round {round_id}: done, learner {version}"
-    raise RuntimeError(f"round {round_id} is in unknown state {state!r}")
+        return Step("moved", f"round {round_id}: done, learner {version}", round_id, "done")
+    raise LabelloopError(f"round {round_id} is in unknown state {state!r}")
 
 
-def run_until_waiting(ctx: Context, max_steps: int = 20) -> list[str]:
+def run_until_waiting(ctx: Context, max_steps: int = 20) -> list[Step]:
     """Advance step by step until the loop waits for annotators or has nothing to do."""
     done = []
     for _ in range(max_steps):
-        what = advance(ctx)
-        done.append(what)
-        if what.startswith(("waiting", "idle")):
-            log.debug("%s", what)  # the scheduler reports waiting states only when they change
+        step = advance(ctx)
+        done.append(step)
+        if step.settled:
+            log.debug("%s", step)  # the scheduler reports waiting states only when they change
             break
-        log.info("%s", what)
+        log.info("%s", step)
     return done

@@ -18,12 +18,11 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from loop import rounds
+from loop.errors import AlreadyRunning  # noqa: F401 (re-exported: callers catch it from here too)
 
 log = logging.getLogger(__name__)
 
 
-class AlreadyRunning(RuntimeError):
-    """Another scheduler holds this project's lock."""
 
 
 class ProjectLock:
@@ -53,19 +52,20 @@ class ProjectLock:
             self._fd = None
 
 
-def tick(ctx: rounds.Context, on_step: Callable[[str], None] | None = None) -> list[str]:
+def tick(ctx: rounds.Context, on_step: Callable[[rounds.Step], None] | None = None) -> list[rounds.Step]:
     """One scheduler run: advance until waiting; an error is logged and recorded on the round, then
     retried at the next tick."""
     try:
         steps = rounds.run_until_waiting(ctx)
     except Exception as exc:  # the next tick retries from the persisted state
-        current = ctx.ledger.current_round()
+        current = ctx.ledger.find_current_round()
         message = f"{type(exc).__name__}: {exc}"
         if current is not None:
             ctx.ledger.set_round_error(current["id"], message)
         log.debug("round step failed", exc_info=True)
-        return [f"error: {message}"]
-    current = ctx.ledger.current_round()
+        return [rounds.Step("error", f"error: {message}", current["id"] if current else None,
+                            current["state"] if current else None)]
+    current = ctx.ledger.find_current_round()
     if current is not None and current["error"]:
         ctx.ledger.set_round_error(current["id"], None)
     for step in steps:
@@ -77,7 +77,7 @@ def tick(ctx: rounds.Context, on_step: Callable[[str], None] | None = None) -> l
 class Scheduler:
     """Runs `tick` every `poll_seconds` in a background thread, never two at once."""
 
-    def __init__(self, ctx: rounds.Context, on_step: Callable[[str], None] | None = None):
+    def __init__(self, ctx: rounds.Context, on_step: Callable[[rounds.Step], None] | None = None):
         self.ctx = ctx
         self.on_step = on_step
         self.lock = ProjectLock(ctx.settings.data_dir / "scheduler.lock")
@@ -93,7 +93,7 @@ class Scheduler:
         with self._mutex:
             steps = tick(self.ctx, self.on_step)
         last = steps[-1] if steps else None
-        if last and last.startswith("error"):
+        if last is not None and last.kind == "error":
             self.failures += 1
             s = self.ctx.settings.scheduler
             delay = min(s.poll_seconds * 2 ** (self.failures - 1), s.max_backoff_seconds)
@@ -103,9 +103,10 @@ class Scheduler:
         if self.failures:
             log.info("recovered after %d failed attempt(s)", self.failures)
         self.failures = 0
-        if last and last.startswith(("waiting", "idle")) and last != self._last_wait:
+        message = last.message if last is not None else None
+        if last is not None and last.kind in ("waiting", "idle") and message != self._last_wait:
             log.info("%s", last)
-        self._last_wait = last
+        self._last_wait = message
 
     def start(self) -> None:
         self.lock.acquire()

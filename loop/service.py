@@ -22,15 +22,14 @@ import requests
 
 from loop import localstudio
 from loop.config import WEBHOOK_SECRET_HEADER, Settings
+from loop.errors import ServiceError  # noqa: F401 (re-exported: callers catch it from here too)
 from loop.ingest import ingest
+from loop.ledger import Ledger
 from loop.rounds import Context
-from loop.store import Ledger
 
 log = logging.getLogger(__name__)
 
 
-class ServiceError(RuntimeError):
-    """A service did not come up; the message says which and where its log is."""
 
 
 @dataclass
@@ -103,7 +102,7 @@ def _terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
 def connect_project(ctx: Context, backend_url: str) -> int:
     """Create or reuse the Label Studio project, remember it in the ledger, connect the backend."""
     s = ctx.settings
-    stored = ctx.ledger.get_meta("project_id")
+    stored = ctx.ledger.find_meta("project_id")
     wanted = s.studio.project_id or (int(stored) if stored else None)
     project_id = ctx.studio.ensure_project(
         s.studio.project_title, s.label_config_path.read_text(encoding="utf-8"), wanted

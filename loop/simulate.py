@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from loop import metrics
+from loop.errors import SimulateError  # noqa: F401 (re-exported: callers catch it from here too)
 from loop.ingest import IngestError, normalise, parse_pool
 from loop.select import STRATEGIES
 
@@ -32,8 +33,6 @@ JUDGES = ("probe", "profanity")
 R_NAME = "profanity"  # the auxiliary model R that selects (alt-profanity-check)
 
 
-class SimulateError(ValueError):
-    """The simulation cannot run as asked; the message says what and where."""
 
 
 @dataclass

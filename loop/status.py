@@ -13,7 +13,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from loop.store import Ledger
+from loop.ledger import Ledger
 
 REJECT_THRESHOLD = 0.3  # a cluster whose teacher drafts are rejected more often than this is flagged
 MIN_VERIFIED = 5  # ... once at least this many of its items are verified (fewer is noise)
@@ -69,7 +69,7 @@ def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
                 for k in ("selected", "failed", "imported", "verified", "remaining", "accept", "edit", "reject")}
         out.append(_verdicts({
             "round": r["id"], "state": r["state"], "strategy": r["strategy"], "budget": r["budget"],
-            "learner_version": r["learner_version"], "teacher": ledger.get_meta(f"round:{r['id']}:model_version"),
+            "learner_version": r["learner_version"], "teacher": ledger.find_meta(f"round:{r['id']}:model_version"),
             "error": r["error"], "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,
         }))
     return out
@@ -156,7 +156,7 @@ def estimate(ledger: Ledger, round_row: dict | None, now: datetime) -> dict | No
 
 def learners(ledger: Ledger) -> list[dict]:
     """Learner versions in creation order with their metrics and gate status; `current` marks the one in use."""
-    current = (ledger.current_model() or {}).get("version")
+    current = (ledger.find_current_model() or {}).get("version")
     return [
         {"version": v["version"], "parent": v["parent"], "round": v["round_id"], "pairs": v["pairs"],
          "metrics": v["metrics"], "status": v.get("status"), "note": v.get("note"),

@@ -25,6 +25,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 
+from loop.errors import StudioError  # noqa: F401 (re-exported: callers catch it from here too)
+
 log = logging.getLogger(__name__)
 
 FROM_RESPONSE = "response"
@@ -48,16 +50,6 @@ class _SlimListingIncomplete(Exception):
     pass
 
 
-class StudioError(RuntimeError):
-    """A Label Studio call failed. Carries the HTTP status (None when the server was unreachable) and
-    what was being done; never the API key."""
-
-    def __init__(self, what: str, status: int | None = None, detail: str = ""):
-        self.what = what
-        self.status = status
-        self.detail = detail
-        where = f"HTTP {status}" if status is not None else "no response"
-        super().__init__(f"Label Studio: {what} failed ({where}){': ' + detail if detail else ''}")
 
 
 @dataclass(frozen=True)

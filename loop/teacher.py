@@ -21,7 +21,7 @@ import re
 import string
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from loop.config import Settings
-from loop.store import Ledger
+from loop.errors import TeacherError, TemplateError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ REFUSAL = re.compile(
 )
 
 
-class TemplateError(ValueError):
-    """A template file is malformed or a field it needs is missing."""
 
 
 # --- templates ---------------------------------------------------------------------------------------
@@ -470,7 +469,7 @@ def from_settings(settings: Settings, *, progress: bool = False) -> Teacher:
     if settings.teacher_kind() == "openai":
         key = settings.openai_api_key
         if key is None:
-            raise RuntimeError("teacher.kind is 'openai' but OPENAI_API_KEY is not set in the environment")
+            raise TeacherError("teacher.kind is 'openai' but OPENAI_API_KEY is not set in the environment")
         t = settings.teacher
         return OpenAITeacher(
             model=t.model, api_key=key.get_secret_value(), base_url=t.base_url, temperature=t.temperature,
@@ -495,36 +494,56 @@ def _check(text: str | None, source: str) -> str | None:
     return check_output(text, source)
 
 
+@dataclass(frozen=True)
+class Draft:
+    """The teacher's answer for one item: the prompt's cache key, the output, or why there is none."""
+
+    key: str
+    text: str | None
+    error: str | None = None
+
+
 def distill(
     ledger: Ledger, teacher: Teacher, template: Template, items: list[dict], *, round_id: int | None = None,
-    on_result: Callable[[int, tuple], None] | None = None,
-) -> dict[int, tuple]:
-    """Teacher outputs for items ({"pool_id", "text", "reference"}): pool_id -> (key, draft, error).
+) -> dict[int, Draft]:
+    """Teacher outputs for pool items ({"pool_id", "text", "reference"}): pool_id -> Draft.
 
     Cached outputs cost no call; new ones are stored in the ledger's cache as they arrive, and every
     attempt (tokens, cost, outcome) is recorded against `round_id` and the item.
     """
-    results: dict[int, tuple] = {}
-    prompts = {}
+    drafts = _distill(ledger, teacher, template, items, round_id=round_id)
+    return {it["pool_id"]: d for it, d in zip(items, drafts, strict=True)}
+
+
+def distill_texts(ledger: Ledger, teacher: Teacher, template: Template, items: list[dict]) -> list[Draft]:
+    """Teacher outputs for texts that are not pool items ({"text", "reference"}), in the given order:
+    the backend's live path for a task the ledger has never seen. Attempts are recorded with no pool id."""
+    return _distill(ledger, teacher, template, [{**it, "pool_id": None} for it in items], round_id=None)
+
+
+def _distill(
+    ledger: Ledger, teacher: Teacher, template: Template, items: list[dict], *, round_id: int | None,
+) -> list[Draft]:
+    """One Draft per item, in order; the accounting names each item's pool id (None off the pool)."""
+    results: list[Draft | None] = [None] * len(items)
+    prompts = []
     for it in items:
         prompt = template.render(text=it["text"])
-        prompts[it["pool_id"]] = (prompt, prompt_key(teacher, template, prompt, template.system))
-    cached = ledger.cached_outputs([k for _, k in prompts.values()])
-    todo = [it for it in items if prompts[it["pool_id"]][1] not in cached]
+        prompts.append((prompt, prompt_key(teacher, template, prompt, template.system)))
+    cached = ledger.cached_outputs(sorted({k for _, k in prompts}))
+    todo = [i for i, (_, key) in enumerate(prompts) if key not in cached]
     hits = []
-    for it in items:
-        key = prompts[it["pool_id"]][1]
+    for i, (_, key) in enumerate(prompts):
         if key in cached:
-            results[it["pool_id"]] = (key, cached[key], None)
-            hits.append({"round_id": round_id, "pool_id": it["pool_id"], "key": key, "model": teacher.name,
+            results[i] = Draft(key, cached[key])
+            hits.append({"round_id": round_id, "pool_id": items[i]["pool_id"], "key": key, "model": teacher.name,
                          "attempt": 0, "status": "cached", "final": 1})
     ledger.record_teacher_calls(hits)
-    if not todo:
-        return results
-    log.info("teacher %s: %d prompts (%d from cache)", teacher.name, len(todo), len(items) - len(todo))
+    if todo:
+        log.info("teacher %s: %d prompts (%d from cache)", teacher.name, len(todo), len(items) - len(todo))
 
-    def store(it: dict, answer: Completion) -> None:
-        key = prompts[it["pool_id"]][1]
+    def store(i: int, answer: Completion) -> None:
+        it, key = items[i], prompts[i][1]
         error = answer.error or check_output(answer.text, it["text"])
         rows = [
             {"round_id": round_id, "pool_id": it["pool_id"], "key": key, "model": teacher.name,
@@ -546,18 +565,17 @@ def distill(
                     prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                 )
             ledger.record_teacher_calls(rows)
-        results[it["pool_id"]] = (key, None, error) if error else (key, answer.text, None)
-        if on_result is not None:
-            on_result(it["pool_id"], results[it["pool_id"]])
+        results[i] = Draft(key, None, error) if error else Draft(key, answer.text)
 
-    todo_prompts = [prompts[it["pool_id"]][0] for it in todo]
-    if isinstance(teacher, OpenAITeacher):
-        for i, answer in teacher.iter_complete(todo_prompts, template, [it["text"] for it in todo]):
-            store(todo[i], answer)
-    else:
-        for it, answer in zip(todo, teacher.complete(todo_prompts, template.system, todo), strict=True):
-            store(it, answer)
-    failed = sum(1 for _, d, _ in results.values() if d is None)
+    todo_prompts = [prompts[i][0] for i in todo]
+    todo_items = [items[i] for i in todo]
+    if todo and isinstance(teacher, OpenAITeacher):
+        for j, answer in teacher.iter_complete(todo_prompts, template, [it["text"] for it in todo_items]):
+            store(todo[j], answer)
+    elif todo:
+        for i, answer in zip(todo, teacher.complete(todo_prompts, template.system, todo_items), strict=True):
+            store(i, answer)
+    failed = sum(1 for d in results if d is None or d.text is None)
     if failed:
         log.warning("teacher %s: %d of %d items failed", teacher.name, failed, len(items))
-    return results
+    return [d if d is not None else Draft(prompts[i][1], None, "no answer") for i, d in enumerate(results)]

@@ -12,7 +12,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from loop.store import Ledger
+from loop.ledger import Ledger
 
 
 def split_dev(
@@ -44,7 +44,7 @@ def _number(version: str) -> int:
 
 def rollback(ledger: Ledger, version: str) -> dict:
     """Make an earlier (or held) version the one in use; errors say what is wrong and what exists."""
-    row = ledger.model_version(version)
+    row = ledger.find_model_version(version)
     if row is None:
         known = ", ".join(v["version"] for v in sorted(ledger.model_versions(), key=lambda v: _number(v["version"])))
         raise ValueError(f"no learner version {version!r}; known: {known or 'none'}")
@@ -53,7 +53,7 @@ def rollback(ledger: Ledger, version: str) -> dict:
     if Path(row["path"]).is_absolute() and not Path(row["path"]).exists():
         raise ValueError(f"{version}'s checkpoint {row['path']} is missing on disk")
     ledger.promote_model(version, note=f"{row.get('note') or ''} | promoted by hand".strip(" |"))
-    return ledger.model_version(version) or row
+    return ledger.find_model_version(version) or row
 
 
 def prune(ledger: Ledger, models_dir: str | Path, keep_last: int, ct2_cache: str | Path | None = None) -> list[str]:
@@ -62,7 +62,7 @@ def prune(ledger: Ledger, models_dir: str | Path, keep_last: int, ct2_cache: str
     from loop import runtime
 
     models_dir = Path(models_dir).resolve()
-    current = ledger.current_model()
+    current = ledger.find_current_model()
     in_use = current["version"] if current else None
     trained = [v for v in ledger.model_versions() if v.get("round_id") is not None and not v.get("pruned")]
     trained.sort(key=lambda v: _number(v["version"]))

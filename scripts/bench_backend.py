@@ -63,13 +63,14 @@ def bare_app():
 def make_ledger(data_dir: Path) -> list[int]:
     """A ledger with one round of 100 stored drafts; returns their task ids."""
     sys.path.insert(0, str(ROOT))
-    from loop.store import Ledger
+    from loop.ledger import Ledger
+    from loop.teacher import Draft
 
     ledger = Ledger(data_dir / "ledger.sqlite")
     ledger.add_pool([{"text": f"text {i}", "norm": f"text {i}"} for i in range(TASKS)])
     rid = ledger.create_round(strategy="stratified", budget=TASKS, learner_version="v0",
                               items=[{"pool_id": i + 1, "cluster": i % 8, "score": i / TASKS} for i in range(TASKS)])
-    ledger.set_drafts(rid, {i + 1: (f"k{i}", f"a polite rewrite number {i}", None) for i in range(TASKS)})
+    ledger.set_drafts(rid, {i + 1: Draft(f"k{i}", f"a polite rewrite number {i}") for i in range(TASKS)})
     ledger.set_task_ids(rid, {i + 1: 5000 + i for i in range(TASKS)})
     ledger.set_meta(f"round:{rid}:model_version", "reference|style_transfer@2")
     return [5000 + i for i in range(TASKS)]

@@ -140,7 +140,7 @@ def child_ingest_embed(texts: list[str], workdir: str) -> dict:
     """Ingest texts into a fresh ledger and embed them the way loop.rounds.prepare_pool does."""
     from loop import embed as embed_mod
     from loop.ingest import ingest
-    from loop.store import Ledger
+    from loop.ledger import Ledger
 
     embed_mod._load(embed_mod.BUNDLED)  # model load excluded on both sides
     path = Path(workdir) / "texts.tsv"

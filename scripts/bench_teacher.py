@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from loop import teacher  # noqa: E402
-from loop.store import Ledger  # noqa: E402
+from loop.ledger import Ledger  # noqa: E402
 from tests.openai_server import FakeOpenAI  # noqa: E402
 
 console = Console(stderr=True)
@@ -53,8 +53,8 @@ def run(n: int, concurrency: int, *, latency: float, fault_rate: float = 0.0, ti
         failures = ledger.teacher_failures(1)
     return {
         "n": n, "concurrency": concurrency, "latency_s": latency, "fault_rate": fault_rate,
-        "wall_s": round(wall, 2), "distilled": sum(1 for r in results.values() if r[1]),
-        "failed": sum(1 for r in results.values() if r[1] is None), "attempts": usage["attempts"],
+        "wall_s": round(wall, 2), "distilled": sum(1 for r in results.values() if r.text),
+        "failed": sum(1 for r in results.values() if r.text is None), "attempts": usage["attempts"],
         "faults": dict(server.fault_counts), "failure_reasons": sorted({f["reason"] for f in failures}),
         "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
         "cost_usd": round(usage["cost"], 4), "rerun_calls": rerun_calls,

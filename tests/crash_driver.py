@@ -13,7 +13,7 @@ import numpy as np
 
 from loop import annotators, embed, learner, rounds
 from loop.config import load_settings
-from loop.store import Ledger
+from loop.ledger import Ledger
 from loop.studio import Studio
 
 
@@ -22,18 +22,18 @@ def main() -> int:
     wanted = int(sys.argv[2])
     ledger = Ledger(settings.ledger_path)
     studio = Studio(settings.studio.url, os.environ["LABEL_STUDIO_API_KEY"])
-    ctx = rounds.Context(settings, ledger, studio, project_id=int(ledger.get_meta("project_id")))
+    ctx = rounds.Context(settings, ledger, studio, project_id=int(ledger.find_meta("project_id")))
     learner.load(rounds.current_learner(ctx)["path"])
     embed.embed(["warm up"], model=settings.embed.model)
     print("ready", flush=True)
     rng = np.random.default_rng()
     while sum(r["state"] == "done" for r in ledger.rounds()) < wanted:
         what = rounds.advance(ctx)
-        if what.startswith("waiting"):
+        if what.kind == "waiting":
             # a person sees which tasks already carry an annotation; never annotate one twice
             annotated = {a.task_id for a in studio.completed_annotations(ctx.project_id)}
             annotators.annotate_pending(ctx, rng, done=annotated)
-        elif what.startswith("idle"):
+        elif what.kind == "idle":
             return 2
     return 0
 

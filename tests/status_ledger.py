@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.store import Ledger
+from loop.ledger import Ledger
+from loop.teacher import Draft
 
 # pool id -> cluster; ids 13 and 14 are never sent. Subgroup: odd ids "a", even ids "b".
 CLUSTER = {**{i: 0 for i in range(1, 7)}, **{i: 1 for i in range(7, 13)}, 13: 0, 14: 1}
@@ -54,7 +55,7 @@ def build(path: Path) -> Ledger:
             {"pool_id": i, "cluster": CLUSTER[i], "score": round(0.9 - i / 100, 2), "interim": f"interim {i}"}
             for i in ids])
         assert rid == round_no
-        ledger.set_drafts(rid, {i: (f"k{i}", None, "invalid output") if i == FAILED else (f"k{i}", draft(i), None)
+        ledger.set_drafts(rid, {i: Draft(f"k{i}", None, "invalid output") if i == FAILED else Draft(f"k{i}", draft(i))
                                 for i in ids})
         ledger.set_task_ids(rid, {i: 100 + i for i in ids if i != FAILED})
         ledger.set_meta(f"round:{rid}:model_version", TEACHER)

@@ -11,7 +11,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from loop.config import load_settings
-from loop.store import Ledger
+from loop.ledger import Ledger
+from loop.teacher import Draft
 from ml_backend.app import create_app
 from tests.webserve import serve
 
@@ -26,7 +27,7 @@ def backend(tmp_path, monkeypatch):
         strategy="stratified", budget=2, learner_version="v0",
         items=[{"pool_id": 1, "cluster": 0, "score": 0.8}, {"pool_id": 2, "cluster": 1, "score": 0.4}],
     )
-    ledger.set_drafts(rid, {1: ("k1", "draft one", None), 2: ("k2", "draft two", None)})
+    ledger.set_drafts(rid, {1: Draft("k1", "draft one"), 2: Draft("k2", "draft two")})
     ledger.set_task_ids(rid, {1: 101, 2: 102})
     ledger.set_meta(f"round:{rid}:model_version", "reference|style_transfer@1")
     with serve(create_app(settings, ledger)) as url:

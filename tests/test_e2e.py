@@ -40,7 +40,7 @@ def test_two_rounds_through_label_studio(running):
     ctx = running.ctx
     ledger, studio, project = ctx.ledger, ctx.studio, ctx.project_id
 
-    steps = tick(ctx)
+    steps = [s.message for s in tick(ctx)]
     assert [s.split(":")[1].split()[0] for s in steps[:3]] == ["selected", "distilled", "imported"]
     assert steps[-1] == "waiting: round 1 verified 0/6"
     first = ledger.batch(1)
@@ -60,7 +60,7 @@ def test_two_rounds_through_label_studio(running):
         text = f"{item['draft']} (edited)" if verdict == "edit" else item["draft"]
         studio.annotate(item["task_id"], verdict=verdict, text=text)
 
-    steps = tick(ctx)
+    steps = [s.message for s in tick(ctx)]
     assert "round 1: all 6 verified" in steps and "round 1: done, learner v1" in steps
     assert steps[-1] == "waiting: round 2 verified 0/6"
     verified = ledger.verifications(1)
@@ -69,7 +69,7 @@ def test_two_rounds_through_label_studio(running):
     assert edited["target"] == f"{edited['draft']} (edited)"
     assert next(v for v in verified if v["verdict"] == "reject")["target"] is None
     assert len(ledger.verified_pairs()) == 5
-    assert ledger.current_model()["version"] == "v1" and ledger.current_model()["pairs"] == 5
+    assert ledger.find_current_model()["version"] == "v1" and ledger.find_current_model()["pairs"] == 5
 
     tick(ctx)  # a second sync of the same annotations changes nothing
     assert len(ledger.verifications()) == 6
@@ -82,7 +82,7 @@ def test_two_rounds_through_label_studio(running):
 
     for item in second:
         studio.annotate(item["task_id"], verdict="accept", text=item["draft"])
-    steps = tick(ctx)
+    steps = [s.message for s in tick(ctx)]
     assert "round 2: done, learner v2" in steps
     assert len(ledger.verified_pairs()) == 11
     assert [v["version"] for v in ledger.model_versions()] == ["v0", "v1", "v2"]

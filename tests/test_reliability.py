@@ -19,8 +19,9 @@ import requests
 from loop import localstudio, rounds
 from loop.config import load_settings
 from loop.ingest import ingest
+from loop.ledger import Ledger
 from loop.scheduler import AlreadyRunning, ProjectLock, Scheduler
-from loop.store import Ledger
+from loop.teacher import Draft
 from tests.webserve import serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,7 +204,7 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(
             proc.kill()
             proc.wait()
             kills += 1
-            current = ctx.ledger.current_round()
+            current = ctx.ledger.find_current_round()
             states_killed_in.append(current["state"] if current else "none")
     final = subprocess.run(command, capture_output=True, env=env, cwd=ROOT, timeout=300)
     assert final.returncode == 0, final.stderr.decode()[-2000:]
@@ -236,7 +237,7 @@ def test_a_label_studio_outage_is_survived_without_a_manual_step(tmp_path, studi
     rounds.current_learner(ctx)
     rid = ledger.create_round(strategy="stratified", budget=1, learner_version="v0",
                               items=[{"pool_id": 1, "cluster": 0, "score": 0.9}])
-    ledger.set_drafts(rid, {1: ("k", "you are wrong", None)})
+    ledger.set_drafts(rid, {1: Draft("k", "you are wrong")})
     ledger.set_round_state(rid, "distilled")
     scheduler = Scheduler(ctx)
     scheduler.start()

@@ -39,13 +39,13 @@ def test_no_secret_reaches_logs_ledger_exports_or_files(tmp_path, small_pool, la
         running = service.start(settings, progress=False)
         try:
             ctx = running.ctx
-            assert tick(ctx)[-1] == "waiting: round 1 verified 0/4"
+            assert tick(ctx)[-1].message == "waiting: round 1 verified 0/4"
             assert all(h == f"Bearer {OPENAI_KEY}" for h in llm.auth_headers) and llm.auth_headers
             for item in ctx.ledger.batch(1):
                 ctx.studio.annotate(item["task_id"], verdict="accept", text=item["draft"])
             # Label Studio's webhooks reach the backend through basic auth and the shared secret
             wait_for(lambda: ctx.ledger.pending_events() >= 4, 30, "authenticated webhooks")
-            assert "round 1: done, learner v1" in tick(ctx)
+            assert "round 1: done, learner v1" in [s.message for s in tick(ctx)]
             # a live teacher call from the backend process, with the key in its environment
             miss = requests.post(f"{running.backend_url}/predict", auth=("labelstudio", BASIC_PASS), timeout=30,
                                  json={"tasks": [{"id": 10**9, "data": {"text": "never seen, you idiot"}}]})

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from loop import teacher
-from loop.store import Ledger
+from loop.ledger import Ledger
 from tests.openai_server import FakeOpenAI, rewrite
 
 SECRET = "sk-test-never-log-this-0123456789"
@@ -65,7 +65,7 @@ def test_openai_teacher_distills_through_a_real_client_and_caches(ledger, fake_o
 
     first = teacher.distill(ledger, t, template, batch)
 
-    assert {pid: draft for pid, (_, draft, _) in first.items()} == {
+    assert {pid: d.text for pid, d in first.items()} == {
         it["pool_id"]: rewrite(template.render(text=it["text"])) for it in batch
     }
     assert len(fake_openai.requests) == 3
@@ -98,9 +98,9 @@ def test_unreachable_api_fails_each_item_with_a_reason(ledger):
     t = teacher.OpenAITeacher(model="m", api_key=SECRET, base_url="http://127.0.0.1:9/v1", timeout=2,
                               max_attempts=3, backoff=0.01)
     result = teacher.distill(ledger, t, teacher.load_template("style_transfer"), items("you idiot"))
-    _, draft, error = result[1]
+    draft, error = result[1].text, result[1].error
     assert draft is None and "connection error" in error and "after 3 attempts" in error and SECRET not in error
-    assert ledger.cached_outputs([result[1][0]]) == {}  # a failure is never cached
+    assert ledger.cached_outputs([result[1].key]) == {}  # a failure is never cached
     assert ledger.teacher_usage() | {"cost": 0} == {"calls": 1, "attempts": 3, "failures": 1, "cached": 0,
                                                     "prompt_tokens": 0, "completion_tokens": 0, "cost": 0}
 
@@ -108,14 +108,14 @@ def test_unreachable_api_fails_each_item_with_a_reason(ledger):
 def test_reference_teacher_replays_the_reference_and_reports_missing_ones(ledger):
     batch = items("you idiot", "shut up") + [{"pool_id": 9, "text": "no ref here", "reference": None}]
     result = teacher.distill(ledger, teacher.ReferenceTeacher(), teacher.load_template("style_transfer"), batch)
-    assert result[1][1] == "ref 1" and result[2][1] == "ref 2"
-    assert result[9][1] is None and result[9][2] == "no reference for this item"
+    assert result[1].text == "ref 1" and result[2].text == "ref 2"
+    assert result[9].text is None and result[9].error == "no reference for this item"
 
 
 def test_output_that_repeats_the_input_is_rejected(ledger):
     batch = [{"pool_id": 1, "text": "Same Text", "reference": "same text"}]
     result = teacher.distill(ledger, teacher.ReferenceTeacher(), teacher.load_template("style_transfer"), batch)
-    assert result[1][1] is None and result[1][2] == "output repeats the input"
+    assert result[1].text is None and result[1].error == "output repeats the input"
 
 
 # --- production path: faults, limits, checks, accounting -------------------------------------------------
@@ -135,7 +135,7 @@ def test_one_fault_is_retried_and_the_item_distilled(ledger, fault):
     batch = items("You are a moron", "what a stupid idea", "shut up already")
     with FakeOpenAI(script={"moron": [fault]}, retry_after=0.05, slow_s=1.5) as server:
         result = teacher.distill(ledger, fast(server), template, batch, round_id=1)
-    assert {pid: r[1] for pid, r in result.items()} == {
+    assert {pid: r.text for pid, r in result.items()} == {
         it["pool_id"]: rewrite(template.render(text=it["text"])) for it in batch
     }
     assert server.fault_counts == {fault: 1} and len(server.requests) == 4
@@ -154,9 +154,9 @@ def test_a_persistent_fault_fails_only_that_item_with_its_reason(ledger, fault, 
     batch = items("You are a moron", "what a stupid idea", "shut up already")
     with FakeOpenAI(script={"moron": [fault] * 5}, retry_after=0.05, slow_s=1.5) as server:
         result = teacher.distill(ledger, fast(server), teacher.load_template("style_transfer"), batch, round_id=1)
-    key, draft, error = result[1]
+    key, draft, error = result[1].key, result[1].text, result[1].error
     assert draft is None and reason in error
-    assert result[2][1] and result[3][1]  # the rest of the batch is unharmed
+    assert result[2].text and result[3].text  # the rest of the batch is unharmed
     assert server.fault_counts[fault] == attempts  # bounded: at most max_attempts, checks retried once
     assert ledger.cached_outputs([key]) == {}
     assert ledger.teacher_failures(1) == [{"round_id": 1, "pool_id": 1, "attempt": attempts, "reason": error}]
@@ -170,16 +170,16 @@ def test_random_faults_every_item_ends_distilled_or_failed_and_a_rerun_asks_only
         first = teacher.distill(ledger, t, template, batch, round_id=1)
         assert set(first) == {it["pool_id"] for it in batch}
         for it in batch:
-            _, draft, error = first[it["pool_id"]]
+            draft, error = first[it["pool_id"]].text, first[it["pool_id"]].error
             assert (draft == rewrite(template.render(text=it["text"])) and error is None) or (draft is None and error)
-        distilled = [pid for pid, r in first.items() if r[1]]
+        distilled = [pid for pid, r in first.items() if r.text]
         assert len(distilled) >= 30
         assert ledger.teacher_usage(1)["attempts"] == len(server.requests) > 40
         served = len(server.requests)
         server.fault_rate = 0.0
         again = teacher.distill(ledger, t, template, batch, round_id=2)
     assert len(server.requests) - served == 40 - len(distilled)  # cached items cost no call
-    assert all(r[1] for r in again.values())
+    assert all(r.text for r in again.values())
     assert ledger.teacher_usage(2)["cached"] == len(distilled)
 
 
@@ -195,7 +195,7 @@ def test_requests_per_period_never_exceed_the_limit(ledger):
         t = fast(server, rpm=4, rate_period=0.5, concurrency=8)
         result = teacher.distill(ledger, t, teacher.load_template("style_transfer"),
                                  items(*(f"item {i} idiot" for i in range(12))))
-    assert all(r[1] for r in result.values())
+    assert all(r.text for r in result.values())
     arrivals = sorted(e["t"] for e in server.log)
     assert max(sum(1 for u in arrivals if t0 <= u < t0 + 0.5) for t0 in arrivals) == 4
 
@@ -208,7 +208,7 @@ def test_tokens_per_period_never_exceed_the_limit(ledger):
     with FakeOpenAI() as server:
         t = fast(server, tpm=2 * reserve + 20, rate_period=0.4, concurrency=8)
         result = teacher.distill(ledger, t, template, batch)
-    assert all(r[1] for r in result.values())
+    assert all(r.text for r in result.values())
     log = sorted((e["t"], e["tokens"]) for e in server.log)
     assert max(sum(k for u, k in log if t0 <= u < t0 + 0.4) for t0, _ in log) <= 2 * reserve + 20
 
@@ -228,7 +228,7 @@ def test_a_prompt_over_the_token_limit_fails_without_a_call(ledger):
     with FakeOpenAI() as server:
         result = teacher.distill(ledger, fast(server, tpm=50), teacher.load_template("style_transfer"),
                                  items("you idiot"))
-    assert result[1][1] is None and "more than teacher.tpm=50" in result[1][2]
+    assert result[1].text is None and "more than teacher.tpm=50" in result[1].error
     assert server.requests == []
 
 
@@ -255,7 +255,7 @@ def test_secrets_never_reach_logs_errors_or_the_ledger(ledger, caplog):
     with FakeOpenAI(script={"moron": ["401"], "stupid": ["500", "disconnect", "500"]}) as server:
         result = teacher.distill(ledger, fast(server), teacher.load_template("style_transfer"), batch, round_id=1)
     assert all(h == f"Bearer {SECRET}" for h in server.auth_headers)  # the key was really sent
-    assert result[1][2] == "401 AuthenticationError" and result[2][1] is None
+    assert result[1].error == "401 AuthenticationError" and result[2].text is None
     ledger.close()
     stored = b"".join(p.read_bytes() for p in ledger.path.parent.glob("ledger.sqlite*"))
     assert SECRET.encode() not in stored

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loop.store import Ledger
+from loop.ledger import SCHEMA_VERSION, Ledger, NotFound, StaleState
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_creation_is_idempotent_and_keeps_data(tmp_path):
     first.add_pool(pool_rows("a", "b"))
     again = Ledger(tmp_path / "l.sqlite")
     assert again.pool_count() == 2
-    assert again.get_meta("schema_version") == "1"
+    assert again.find_meta("schema_version") == str(SCHEMA_VERSION) == str(again.schema_version())
 
 
 def test_pool_skips_known_texts(ledger):
@@ -86,8 +86,8 @@ def test_verifications_are_recorded_exactly_once_and_latest_wins(ledger):
 
 
 def test_current_model_follows_the_last_registered_version(ledger):
-    assert ledger.current_model() is None
+    assert ledger.find_current_model() is None
     ledger.add_model_version("v0", path="base", parent=None, round_id=None, pairs=0, metrics={})
     ledger.add_model_version("v1", path="p1", parent="v0", round_id=1, pairs=4, metrics={"train_loss": 1.5})
-    assert ledger.current_model()["version"] == "v1"
+    assert ledger.find_current_model()["version"] == "v1"
     assert [v["metrics"] for v in ledger.model_versions()] == [{}, {"train_loss": 1.5}]

@@ -1,0 +1,99 @@
+"""Every error labelloop raises on purpose, in one tree: what a caller can catch, and what the CLI prints.
+
+A `LabelloopError` is a message for a person: it names what was wrong and where (file, line, field,
+HTTP status) and, where there is one, what to do. The CLI's `main` catches the root once and prints
+the message without a traceback; anything else is a bug and keeps its traceback.
+
+The tree (the second base, where there is one, keeps older `except ValueError` callers working)::
+
+    LabelloopError
+    ├── ConfigError (ValueError)          a settings file or variable is wrong
+    ├── IngestError (ValueError)          a pool file cannot be read; nothing was stored
+    ├── TemplateError (ValueError)        a teacher prompt template is malformed
+    ├── TeacherError (RuntimeError)       the teacher cannot be set up (e.g. no API key)
+    ├── ExportError (ValueError)          an export cannot be written as asked
+    ├── SimulateError (ValueError)        `simulate` was given options it cannot use
+    ├── VersionError (ValueError)         a learner version cannot be used (unknown, pruned, missing)
+    ├── LedgerError
+    │   ├── NotFound (LookupError)        a `get_*` lookup found no row
+    │   └── StaleState (RuntimeError)     a state change lost a race (the row moved on meanwhile)
+    ├── StudioError (RuntimeError)        a Label Studio call failed (HTTP status, never the key)
+    ├── LocalStudioError (RuntimeError)   the bundled Label Studio could not be started
+    ├── ServiceError (RuntimeError)       the backend or the project could not be set up
+    └── AlreadyRunning (RuntimeError)     another scheduler holds this project's lock
+"""
+
+from __future__ import annotations
+
+
+class LabelloopError(Exception):
+    """The root: an error whose message is meant for the person running labelloop."""
+
+
+class ConfigError(LabelloopError, ValueError):
+    """Settings that cannot be used; the message names the file and field."""
+
+
+class IngestError(LabelloopError, ValueError):
+    """A pool file that cannot be ingested; the message names file, line and column."""
+
+
+class TemplateError(LabelloopError, ValueError):
+    """A teacher prompt template that cannot be used; the message names the file."""
+
+
+class TeacherError(LabelloopError, RuntimeError):
+    """The teacher cannot be set up as configured (a missing key, an unknown kind)."""
+
+
+class ExportError(LabelloopError, ValueError):
+    """An export that cannot be written as asked."""
+
+
+class SimulateError(LabelloopError, ValueError):
+    """Options `simulate` cannot run with; the message names the flag."""
+
+
+class VersionError(LabelloopError, ValueError):
+    """A learner version that cannot be used; the message lists the known ones."""
+
+
+class LedgerError(LabelloopError):
+    """A ledger operation that cannot be done as asked."""
+
+
+class NotFound(LedgerError, LookupError):
+    """A `get_*` lookup found no row (the `find_*` twin returns None instead)."""
+
+    def __init__(self, what: str, key: object):
+        self.what = what
+        self.key = key
+        super().__init__(f"no {what} {key!r} in the ledger")
+
+
+class StaleState(LedgerError, RuntimeError):
+    """A compare-and-set state change found the row in another state: someone else moved it first."""
+
+
+class StudioError(LabelloopError, RuntimeError):
+    """A Label Studio call failed. Carries the HTTP status (None when the server was unreachable) and
+    what was being done; never the API key."""
+
+    def __init__(self, what: str, status: int | None = None, detail: str = ""):
+        self.what = what
+        self.status = status
+        self.detail = detail
+        where = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"Label Studio: {what} failed ({where}){': ' + detail if detail else ''}")
+
+
+class LocalStudioError(LabelloopError, RuntimeError):
+    """The bundled Label Studio could not be installed, started or reached."""
+
+
+class ServiceError(LabelloopError, RuntimeError):
+    """The ML backend or the Label Studio project could not be set up."""
+
+
+class AlreadyRunning(LabelloopError, RuntimeError):
+    """Another scheduler holds this project's lock."""
