@@ -19,8 +19,8 @@ from werkzeug.exceptions import HTTPException
 
 from loop import teacher as teacher_mod
 from loop.config import WEBHOOK_SECRET_HEADER, Settings
+from loop.ledger import Ledger
 from loop.rounds import parse_task_key
-from loop.store import Ledger
 from ml_backend import dashboard
 from ml_backend.openapi import OPENAPI
 
@@ -64,7 +64,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
     webhook_secret = settings.webhook_secret
 
     def learner_version() -> str:
-        current = ledger.current_model()
+        current = ledger.find_current_model()
         return f"learner-{current['version']}" if current else "learner-v0"
 
     def body() -> dict[str, Any]:
@@ -142,11 +142,11 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
         item = None
         task_id = _int_or_none(task.get("id"))
         if task_id is not None:
-            item = ledger.item_by_task(task_id)
+            item = ledger.find_item_by_task(task_id)
         data = task.get("data")
         key = data.get("labelloop_key") if isinstance(data, dict) else None
         if item is None and isinstance(key, str) and (parsed := parse_task_key(key)):
-            item = ledger.item_by_key(*parsed)
+            item = ledger.find_item(*parsed)
         return item
 
     @app.post("/predict")
@@ -165,7 +165,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> Flask:
         for position, task in enumerate(tasks):
             item = stored_item(task)
             if item is not None and item.get("draft"):
-                version = ledger.get_meta(f"round:{item['round_id']}:model_version", "teacher")
+                version = ledger.find_meta(f"round:{item['round_id']}:model_version", "teacher")
                 results.append(prediction(item["draft"], item["score"], version))
             else:
                 results.append(None)

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from loop import status
-from loop.store import Ledger
+from loop.ledger import Ledger
 
 REFRESH_S = 30  # app.config['DASHBOARD_REFRESH_S'] overrides it
 COLORS = {"accept": "#2e7d32", "edit": "#f9a825", "reject": "#c62828", "remaining": "#b0bec5",

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loop.ingest import IngestError, ingest, normalise
-from loop.store import Ledger
+from loop.ledger import Ledger
 
 ROWS = [
     {"body": "You are an idiot", "ref": "You are wrong", "grp": "a"},

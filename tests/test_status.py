@@ -107,7 +107,7 @@ def test_teacher_cost_and_learner_metrics(facts):
 
 
 def test_an_empty_ledger_has_no_current_round(tmp_path):
-    from loop.store import Ledger
+    from loop.ledger import Ledger
 
     facts = status.facts(Ledger(tmp_path / "empty.sqlite"), now=NOW)
     assert facts["current"] is None and facts["estimate"] is None and facts["rounds"] == []

@@ -15,8 +15,8 @@ from loop import learner, rounds, versions
 from loop.cli import main
 from loop.config import load_settings
 from loop.ingest import ingest
+from loop.ledger import Ledger
 from loop.rounds import Context
-from loop.store import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = ROOT / "data" / "paradetox" / "pool.tsv"
@@ -85,7 +85,7 @@ def test_scoring_recomputes_only_what_changed(tmp_path, starter_model, spies):
 
     # a new learner version regenerates everything for that version
     ctx.ledger.add_model_version("v1", path=str(starter_model), parent="v0", round_id=1, pairs=0, metrics={})
-    rounds.score_candidates(ctx, ids, ctx.ledger.current_model())
+    rounds.score_candidates(ctx, ids, ctx.ledger.find_current_model())
     assert spies == {"generated": 32, "scored": 48}
 
 
@@ -123,21 +123,21 @@ def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_m
     ctx = _ctx(tmp_path, starter_model, n=30, learner__lr=3.0, **GATED)  # lr 3.0 wrecks the weights
     _verify_all(ctx.ledger)
     assert rounds.train_round(ctx, 1) == "v1"
-    v1 = ctx.ledger.model_version("v1")
+    v1 = ctx.ledger.find_model_version("v1")
     assert v1["status"] == "held" and v1["note"].startswith("held: worse on dev than v0")
     assert v1["metrics"]["dev_loss"] > v1["metrics"]["parent_dev_loss"]
-    assert ctx.ledger.current_model()["version"] == "v0"  # the version in use did not change
+    assert ctx.ledger.find_current_model()["version"] == "v0"  # the version in use did not change
 
     result = CliRunner().invoke(main, ["models"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
     assert result.exit_code == 0, result.output
     assert "held" in result.output and "v0 *" in result.output
 
     versions.rollback(ctx.ledger, "v1")
-    assert ctx.ledger.current_model()["version"] == "v1"
-    assert ctx.ledger.model_version("v1")["status"] == "promoted"
+    assert ctx.ledger.find_current_model()["version"] == "v1"
+    assert ctx.ledger.find_model_version("v1")["status"] == "promoted"
     result = CliRunner().invoke(main, ["rollback", "v0"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
     assert result.exit_code == 0, result.output
-    assert ctx.ledger.current_model()["version"] == "v0"
+    assert ctx.ledger.find_current_model()["version"] == "v0"
     result = CliRunner().invoke(main, ["rollback", "v9"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
     assert result.exit_code != 0 and "no learner version 'v9'; known: v0, v1" in result.output
 
@@ -146,9 +146,9 @@ def test_gate_promotes_a_better_version_with_early_stopping_metrics(tmp_path, st
     ctx = _ctx(tmp_path, starter_model, n=30, learner__lr=3e-4, **{**GATED, "learner__epochs": 4})
     _verify_all(ctx.ledger)
     assert rounds.train_round(ctx, 1) == "v1"
-    v1 = ctx.ledger.current_model()
+    v1 = ctx.ledger.find_current_model()
     assert v1["version"] == "v1" and v1["status"] == "promoted" and v1["note"].startswith("promoted v0")
-    metrics = ctx.ledger.model_version("v1")["metrics"]
+    metrics = ctx.ledger.find_model_version("v1")["metrics"]
     train, dev = versions.split_dev(ctx.ledger.verified_pairs(), 0.3, 3)
     assert metrics["dev_pairs"] == len(dev) >= 3 and metrics["pairs"] == len(train)
     assert metrics["dev_loss"] <= metrics["parent_dev_loss"]
@@ -162,7 +162,7 @@ def test_small_verified_sets_are_promoted_without_a_gate(tmp_path, starter_model
     ctx = _ctx(tmp_path, starter_model, n=5, learner__epochs=1)  # 5 pairs: below min_dev_pairs (8)
     _verify_all(ctx.ledger)
     rounds.train_round(ctx, 1)
-    v1 = ctx.ledger.current_model()
+    v1 = ctx.ledger.find_current_model()
     assert v1["version"] == "v1" and "without a gate" in v1["note"] and v1["pairs"] == 5
 
 
