@@ -6,11 +6,14 @@ edited or rejected at configurable rates, with a seeded generator so that a run 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
+from loop.errors import LabelloopError
 from loop.rounds import Context
-
-VERDICTS = ("accept", "edit", "reject")
+from loop.vocab import VERDICTS
 
 
 def edit(draft: str) -> str:
@@ -53,3 +56,22 @@ def annotate_pending(
         ctx.studio.annotate(item["task_id"], verdict=verdict, text=text, comment=comment)
         done.add(item["task_id"])
     return len(pending)
+
+
+def verify_until_done(
+    ctx: Context, rounds: int, *, timeout: float, seed: int = 0, on_annotated: Callable[[], None] | None = None,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Play the annotation team until `rounds` rounds are done (the scheduler advances them meanwhile);
+    `on_annotated` is called after each batch of verifications, e.g. to run the scheduler at once.
+
+    Raises LabelloopError when the rounds are not done within `timeout` seconds."""
+    rng = np.random.default_rng(seed)
+    annotated: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while sum(r["state"] == "done" for r in ctx.ledger.rounds()) < rounds:
+        if time.monotonic() >= deadline:
+            raise LabelloopError(f"demo: {rounds} rounds did not complete within {timeout:.0f} s")
+        if annotate_pending(ctx, rng, done=annotated) and on_annotated is not None:
+            on_annotated()
+        time.sleep(poll_seconds)  # people take their time; the scheduler polls Label Studio meanwhile

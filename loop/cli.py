@@ -9,14 +9,15 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from loop.config import ConfigError, Settings, load_settings
-from loop.ingest import IngestError, ingest
+from loop.config import Settings, load_settings
+from loop.errors import IngestError, LabelloopError
+from loop.ingest import ingest
 from loop.ledger import Ledger
+from loop.vocab import RUNTIMES, STRATEGIES, USABLE_VERDICTS, VERDICTS, version_number
 
 console = Console()
 if not console.is_terminal:  # a redirected log gets full-width tables instead of 80 columns
@@ -24,10 +25,7 @@ if not console.is_terminal:  # a redirected log gets full-width tables instead o
 
 
 def _settings(config: str | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_settings(config)
 
 
 def _logging(verbose: bool) -> None:
@@ -41,7 +39,17 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group: a LabelloopError from any command is printed as one line, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LabelloopError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", envvar="LABELLOOP_CONFIG", type=click.Path(dir_okay=False),
               help="TOML settings file (env LABELLOOP_CONFIG). Environment LABELLOOP_<SECTION>__<FIELD> overrides it.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -70,10 +78,7 @@ def init(config: str | None) -> None:
     ledger = Ledger(settings.ledger_path)
     from loop.service import ensure_pool
 
-    try:
-        counts = ensure_pool(settings, ledger)
-    except IngestError as exc:
-        raise click.ClickException(str(exc)) from None
+    counts = ensure_pool(settings, ledger)
     if counts is None:
         console.print(f"ledger {settings.ledger_path} already holds {ledger.pool_count()} pool items")
     else:
@@ -102,8 +107,8 @@ def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_co
     try:
         counts = ingest(ledger, path, text_col=text_col or p.text_col,
                         reference_col=reference_col or p.reference_col, group_col=group_col or p.group_col)
-    except IngestError as exc:
-        raise click.ClickException(f"{exc} (nothing was stored)") from None
+    except IngestError as exc:  # all rows or none: say so, since a partial store is what people fear
+        raise IngestError(f"{exc} (nothing was stored)") from None
     console.print(f"{path}: read {counts['read']}, added {counts['added']}, duplicates {counts['duplicates']}")
 
 
@@ -190,23 +195,18 @@ def status(config: str | None) -> None:
       labelloop -c configs/local.toml status
     """
     settings = _settings(config)
-    if not settings.ledger_path.exists():
-        raise click.ClickException(f"no ledger at {settings.ledger_path}; run `labelloop init` first")
-    print_status(settings, Ledger(settings.ledger_path))
+    print_status(settings, _ledger_or_fail(settings))
 
 
 def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_backend: bool = True) -> None:
     from loop import annotators, service
-    from loop.scheduler import AlreadyRunning, Scheduler
+    from loop.scheduler import Scheduler
 
     def _sigterm(*_):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        services = service.start(settings, with_backend=with_backend)
-    except (service.ServiceError, IngestError) as exc:
-        raise click.ClickException(str(exc)) from None
+    services = service.start(settings, with_backend=with_backend)
     ctx = services.ctx
     scheduler = Scheduler(ctx)  # each step is logged by loop.rounds
     try:
@@ -224,23 +224,11 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_
         if demo_rounds is None:
             while True:
                 time.sleep(3600)
-        rng = np.random.default_rng(settings.select.seed)
-        annotated: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            finished = [r for r in ctx.ledger.rounds() if r["state"] == "done"]
-            if len(finished) >= demo_rounds:
-                break
-            if annotators.annotate_pending(ctx, rng, done=annotated):
-                scheduler.poke()
-            time.sleep(1)
-        else:
-            raise click.ClickException(f"demo: {demo_rounds} rounds did not complete within {timeout:.0f} s")
+        annotators.verify_until_done(ctx, demo_rounds, timeout=timeout, seed=settings.select.seed,
+                                     on_annotated=scheduler.poke)
         scheduler.stop()
         print_status(settings, ctx.ledger)
         console.print(f"demo: {demo_rounds} rounds done")
-    except AlreadyRunning as exc:
-        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
@@ -300,7 +288,7 @@ def models(config: str | None) -> None:
     table = Table(title="learner versions (* = in use)")
     for col in ("version", "parent", "round", "pairs", "train loss", "dev loss", "status", "on disk", "note"):
         table.add_column(col)
-    rows = sorted(ledger.model_versions(), key=lambda v: int(v["version"][1:]) if v["version"][1:].isdigit() else -1)
+    rows = sorted(ledger.model_versions(), key=lambda v: version_number(v["version"]))
     for v in rows:
         m = v["metrics"]
         table.add_row(v["version"] + (" *" if v["version"] == current else ""), v["parent"] or "",
@@ -325,10 +313,7 @@ def rollback(config: str | None, version: str) -> None:
     from loop import versions
 
     ledger = _ledger_or_fail(_settings(config))
-    try:
-        row = versions.rollback(ledger, version)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    row = versions.rollback(ledger, version)
     console.print(f"learner {row['version']} is now in use ({row['path']})")
 
 
@@ -338,7 +323,7 @@ def rollback(config: str | None, version: str) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(),
               help="Output file (a directory for hf or with --split).")
 @click.option("--round", "rounds", type=int, multiple=True, help="Only these rounds (repeatable).")
-@click.option("--verdict", "verdicts", type=click.Choice(["accept", "edit", "reject"]), multiple=True,
+@click.option("--verdict", "verdicts", type=click.Choice(VERDICTS), multiple=True,
               help="Only these verdicts (repeatable; default accept and edit: the usable pairs).")
 @click.option("--all-verdicts", is_flag=True, help="Include rejected items too (their target is empty).")
 @click.option("--split", default=None, help="Train/dev/test fractions, e.g. 0.8,0.1,0.1 (or train/test: 0.9,0.1).")
@@ -360,17 +345,14 @@ def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], 
     from loop import export
 
     settings = _settings(config)
-    chosen = None if all_verdicts else (list(verdicts) or ["accept", "edit"])
-    try:
-        ratios = export.parse_split(split) if split else None
-        if from_studio:
-            records = _studio_records(settings, rounds, chosen)
-        else:
-            records = export.from_ledger(_ledger_or_fail(settings), rounds=list(rounds) or None, verdicts=chosen)
-        data = export.assign_splits(records, ratios, seed) if ratios else records
-        paths = export.write(data, out, fmt)
-    except export.ExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    chosen = None if all_verdicts else (list(verdicts) or list(USABLE_VERDICTS))
+    ratios = export.parse_split(split) if split else None
+    if from_studio:
+        records = _studio_records(settings, rounds, chosen)
+    else:
+        records = export.from_ledger(_ledger_or_fail(settings), rounds=list(rounds) or None, verdicts=chosen)
+    data = export.assign_splits(records, ratios, seed) if ratios else records
+    paths = export.write(data, out, fmt)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items()) if isinstance(data, dict) else f"{len(records)}"
     console.print(f"exported {sizes} records as {fmt} to {', '.join(str(p) for p in paths)}")
 
@@ -378,18 +360,15 @@ def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], 
 def _studio_records(settings: Settings, rounds: tuple[int, ...], verdicts: list[str] | None) -> list[dict]:
     """Export records read from the configured Label Studio project (the salt comes from the ledger)."""
     from loop import export
-    from loop.studio import Studio, StudioError
+    from loop.studio import Studio
 
     key = settings.label_studio_api_key
     if settings.studio.url is None or settings.studio.project_id is None or key is None:
         raise click.ClickException("--from-studio needs studio.url and studio.project_id in the settings and"
                                    " LABEL_STUDIO_API_KEY in the environment")
     salt = Ledger(settings.ledger_path).annotator_salt()
-    try:
-        return export.from_studio(Studio(settings.studio.url, key.get_secret_value()), settings.studio.project_id,
-                                  salt=salt, rounds=list(rounds) or None, verdicts=verdicts)
-    except StudioError as exc:
-        raise click.ClickException(str(exc)) from None
+    return export.from_studio(Studio(settings.studio.url, key.get_secret_value()), settings.studio.project_id,
+                              salt=salt, rounds=list(rounds) or None, verdicts=verdicts)
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -412,7 +391,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--learner", default="models/starter", show_default=True,
               help="Seq2seq checkpoint every run starts from.")
 @click.option("--strategy", "strategies", multiple=True,
-              type=click.Choice(["stratified", "random", "global_top", "cluster_random"]),
+              type=click.Choice(STRATEGIES),
               help="Strategies to compare (repeatable; default all four).")
 @click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Comma-separated seeds.")
 @click.option("--rounds", default=5, show_default=True, help="Rounds per run.")
@@ -431,7 +410,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="An output with sentence chrF below this counts as a failure.")
 @click.option("--epochs", default=4, show_default=True, help="Fine-tuning epochs per round.")
 @click.option("--lr", default=3e-4, show_default=True, help="Fine-tuning learning rate.")
-@click.option("--runtime", default="ct2", show_default=True, type=click.Choice(["hf", "ct2", "ct2-int8"]),
+@click.option("--runtime", default="ct2", show_default=True, type=click.Choice(RUNTIMES),
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the trained judge probe is cached (keyed by the judge data's digest).")
@@ -446,14 +425,11 @@ def simulate(**opts: object) -> None:
       labelloop simulate --data data/paradetox/pool.tsv --text-col text --reference-col reference \\
         --rounds 5 --budget 40 --seeds 0,1,2 --out docs/simulate
     """
-    from loop.simulate import SimConfig, SimulateError, run
+    from loop.simulate import SimConfig, run
 
-    opts["strategies"] = list(opts["strategies"]) or SimConfig.__dataclass_fields__["strategies"].default_factory()
+    opts["strategies"] = list(opts["strategies"]) or list(STRATEGIES)
     cfg = SimConfig(**opts, progress=True)
-    try:
-        result = run(cfg, command="labelloop " + " ".join(sys.argv[1:]))
-    except SimulateError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = run(cfg, command="labelloop " + " ".join(sys.argv[1:]))
     console.print(f"simulate: {len(result['records'])} evaluations in {result['timings']['total_s'] / 60:.1f} min; "
                   f"report {Path(cfg.out_dir) / 'report.md'}")
 

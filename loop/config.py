@@ -17,12 +17,11 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from loop.errors import ConfigError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.errors import ConfigError
+from loop.vocab import RUNTIMES, STRATEGIES, TASKS
 
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
 SECRET_NAMES = ("api_key", "openai_api_key", "label_studio_api_key", "token", "password")
-
-
 
 
 class _Section(BaseModel):
@@ -55,8 +54,7 @@ class LearnerSettings(_Section):
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-4, gt=0)
     seed: int = 0
-    # issue #4: fast runtime, dev split + early stopping, the promotion gate, checkpoints kept on disk
-    runtime: Literal["hf", "ct2", "ct2-int8"] = Field(
+    runtime: Literal[RUNTIMES] = Field(
         "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"
     )
     max_source_tokens: int = Field(128, ge=1)
@@ -89,7 +87,7 @@ class ScorerSettings(AttributeSettings):
 
 
 class SelectSettings(_Section):
-    strategy: Literal["stratified", "random", "global_top", "cluster_random"] = "stratified"
+    strategy: Literal[STRATEGIES] = "stratified"
     budget: int = Field(40, ge=1, description="items per round (N); each cluster gets N/K")
     seed: int = 0
     max_rounds: int | None = Field(None, ge=1)
@@ -147,7 +145,7 @@ class Settings(BaseSettings):
         env_prefix="LABELLOOP_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    task: Literal["style_transfer", "counter_narration"] = "style_transfer"
+    task: Literal[TASKS] = "style_transfer"
     data_dir: Path = Path(".labelloop")
     label_config: Path | None = None
     pool: PoolSettings = PoolSettings()

@@ -22,9 +22,9 @@ from rapidfuzz.distance import Levenshtein
 from loop.errors import ExportError  # noqa: F401 (re-exported: callers catch it from here too)
 from loop.ledger import Ledger
 from loop.status import anonymise
+from loop.vocab import VERDICTS
 
 FORMATS = ("jsonl", "csv", "parquet", "hf")
-VERDICTS = ("accept", "edit", "reject")
 SPLIT_NAMES = ("train", "dev", "test")
 # column -> Arrow type name (the fixed schema of every format)
 FIELDS: dict[str, str] = {

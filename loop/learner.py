@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from loop.runtime import RUNTIMES, generate_batches
+from loop.checkpoint import identity
+from loop.runtime import generate_batches
+from loop.vocab import RUNTIMES
 
 __all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache"]
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 _CACHE: dict[str, tuple[Any, PreTrainedModel, PreTrainedTokenizerBase]] = {}
 _LOCK = threading.RLock()
 _EVAL_SOURCE_TOKENS = 128  # truncation used by evaluate_loss (same defaults as fine_tune)
@@ -37,19 +38,9 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _resolve(model: str | os.PathLike[str]) -> tuple[str, Any]:
-    """Cache key (absolute path for local dirs, else the hub name) and a stamp that changes on rewrite."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        path = path.resolve()
-        stamp = tuple((name, (path / name).stat().st_mtime_ns) for name in _WEIGHT_FILES if (path / name).is_file())
-        return str(path), stamp
-    return str(model), None
-
-
 def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (once per process, cached) any HF seq2seq name or local path; eval mode."""
-    key, stamp = _resolve(model)
+    key, stamp = identity(model)
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None and hit[0] == stamp:

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-RUNTIMES = ("hf", "ct2", "ct2-int8")
+from loop.checkpoint import identity
+from loop.vocab import RUNTIMES
+
 _COMPUTE = {"ct2": "float32", "ct2-int8": "int8"}
 _TRANSLATORS: dict[str, Any] = {}
 _LOCK = threading.RLock()
@@ -39,9 +41,7 @@ def compute_type(runtime: str) -> str:
 
 
 def _source_key(model: str) -> tuple[str, str]:
-    from loop.learner import _resolve
-
-    key, stamp = _resolve(model)
+    key, stamp = identity(model)
     return key, hashlib.sha1(json.dumps([key, stamp], default=str).encode()).hexdigest()[:16]
 
 

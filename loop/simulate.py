@@ -26,6 +26,7 @@ from loop import metrics
 from loop.errors import SimulateError  # noqa: F401 (re-exported: callers catch it from here too)
 from loop.ingest import IngestError, normalise, parse_pool
 from loop.select import STRATEGIES
+from loop.vocab import STRATEGIES as STRATEGY_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class SimConfig:
     group_col: str | None = None
     out_dir: str = "simulate-out"
     learner: str = "models/starter"
-    strategies: list[str] = field(default_factory=lambda: ["stratified", "random", "global_top", "cluster_random"])
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     rounds: int = 5
     budget: int = 40

@@ -26,6 +26,7 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 
 from loop.errors import StudioError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.vocab import VERDICTS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ FROM_COMMENT = "comment"
 TO_NAME = "source"
 KEY_FIELD = "labelloop_key"
 RESERVED_DATA_FIELDS = ("text", "draft", KEY_FIELD)
-VERDICTS = ("accept", "edit", "reject")
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 PAGE_SIZE = 1000

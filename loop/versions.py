@@ -12,7 +12,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from loop.errors import VersionError
 from loop.ledger import Ledger
+from loop.vocab import version_number
 
 
 def split_dev(
@@ -38,22 +40,20 @@ def gate(new_dev_loss: float, current_dev_loss: float, current: str, dev_pairs: 
     )
 
 
-def _number(version: str) -> int:
-    return int(version[1:]) if version[1:].isdigit() else -1
-
-
 def rollback(ledger: Ledger, version: str) -> dict:
-    """Make an earlier (or held) version the one in use; errors say what is wrong and what exists."""
+    """Make an earlier (or held) version the one in use; returns its row.
+
+    Raises VersionError (naming the known versions) for an unknown, pruned or missing checkpoint."""
     row = ledger.find_model_version(version)
     if row is None:
-        known = ", ".join(v["version"] for v in sorted(ledger.model_versions(), key=lambda v: _number(v["version"])))
-        raise ValueError(f"no learner version {version!r}; known: {known or 'none'}")
+        known = ", ".join(sorted((v["version"] for v in ledger.model_versions()), key=version_number))
+        raise VersionError(f"no learner version {version!r}; known: {known or 'none'}")
     if row.get("pruned"):
-        raise ValueError(f"{version}'s checkpoint was removed from disk (learner.keep_last); it cannot be used")
+        raise VersionError(f"{version}'s checkpoint was removed from disk (learner.keep_last); it cannot be used")
     if Path(row["path"]).is_absolute() and not Path(row["path"]).exists():
-        raise ValueError(f"{version}'s checkpoint {row['path']} is missing on disk")
+        raise VersionError(f"{version}'s checkpoint {row['path']} is missing on disk")
     ledger.promote_model(version, note=f"{row.get('note') or ''} | promoted by hand".strip(" |"))
-    return ledger.find_model_version(version) or row
+    return ledger.get_model_version(version)
 
 
 def prune(ledger: Ledger, models_dir: str | Path, keep_last: int, ct2_cache: str | Path | None = None) -> list[str]:
@@ -65,7 +65,7 @@ def prune(ledger: Ledger, models_dir: str | Path, keep_last: int, ct2_cache: str
     current = ledger.find_current_model()
     in_use = current["version"] if current else None
     trained = [v for v in ledger.model_versions() if v.get("round_id") is not None and not v.get("pruned")]
-    trained.sort(key=lambda v: _number(v["version"]))
+    trained.sort(key=lambda v: version_number(v["version"]))
     pruned = []
     for v in trained[: max(0, len(trained) - keep_last)]:
         path = Path(v["path"]).resolve()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 
+from loop.errors import LabelloopError, LedgerError
 from loop.ledger import SCHEMA_VERSION, Ledger, NotFound, StaleState
+from loop.ledger.schema import MIGRATIONS
 
 
 @pytest.fixture
@@ -52,7 +56,7 @@ def test_an_item_is_sent_in_one_round_only(ledger):
     ledger.add_pool(pool_rows("a", "b", "c"))
     _round(ledger, [1, 2])
     assert ledger.unsent_pool_ids() == [3]
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         _round(ledger, [2, 3])
     # the failed round left nothing behind
     assert len(ledger.rounds()) == 1 and ledger.unsent_pool_ids() == [3]
@@ -62,7 +66,7 @@ def test_round_state_moves_only_from_the_expected_state(ledger):
     ledger.add_pool(pool_rows("a"))
     rid = _round(ledger, [1])
     ledger.set_round_state(rid, "distilled", expect="selected")
-    with pytest.raises(RuntimeError, match="expected state 'selected'"):
+    with pytest.raises(StaleState, match="expected state 'selected'"):
         ledger.set_round_state(rid, "distilled", expect="selected")
     with pytest.raises(ValueError, match="unknown round state"):
         ledger.set_round_state(rid, "flying")
@@ -91,3 +95,105 @@ def test_current_model_follows_the_last_registered_version(ledger):
     ledger.add_model_version("v1", path="p1", parent="v0", round_id=1, pairs=4, metrics={"train_loss": 1.5})
     assert ledger.find_current_model()["version"] == "v1"
     assert [v["metrics"] for v in ledger.model_versions()] == [{}, {"train_loss": 1.5}]
+
+
+# --- lookups: get_* raises NotFound, find_* returns None ------------------------------------------------
+def test_get_raises_not_found_and_find_returns_none(ledger):
+    assert ledger.find_round(7) is None and ledger.find_current_round() is None
+    with pytest.raises(NotFound, match="no round 7") as caught:
+        ledger.get_round(7)
+    assert isinstance(caught.value, LabelloopError) and caught.value.key == 7
+    assert ledger.find_model_version("v3") is None
+    with pytest.raises(NotFound, match="learner version 'v3'"):
+        ledger.get_model_version("v3")
+    with pytest.raises(NotFound):
+        ledger.promote_model("v3")
+    assert ledger.find_item_by_task(99) is None and ledger.find_item(1, 1) is None
+    ledger.add_pool(pool_rows("a"))
+    rid = _round(ledger, [1])
+    assert ledger.get_round(rid)["state"] == "selected" == ledger.find_current_round()["state"]
+    assert ledger.find_item(rid, 1)["text"] == "a"
+
+
+# --- transactions ---------------------------------------------------------------------------------------
+def test_a_nested_transaction_joins_the_outer_one(ledger):
+    with pytest.raises(KeyError), ledger.transaction():
+        ledger.add_pool(pool_rows("a"))  # its own transaction, nested: lands only with the outer one
+        raise KeyError("the outer block fails after the inner one finished")
+    assert ledger.pool_count() == 0
+    with ledger.transaction():
+        ledger.add_pool(pool_rows("a"))
+        ledger.set_meta("k", "v")
+    assert ledger.pool_count() == 1 and Ledger(ledger.path).find_meta("k") == "v"
+
+
+def test_a_failed_commit_rolls_back_and_the_connection_stays_usable(ledger):
+    # a deferred foreign key fails at COMMIT, not at the statement: the way a full disk fails a commit
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), ledger.transaction() as conn:
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute("INSERT INTO clusters(pool_id, cluster, clustering) VALUES (999, 0, 'x')")
+    assert not ledger.conn.in_transaction
+    ledger.add_pool(pool_rows("after"))
+    other = sqlite3.connect(ledger.path)  # another writer sees the later write, and is not locked out
+    assert other.execute("SELECT count(*) FROM pool").fetchone()[0] == 1
+    assert other.execute("SELECT count(*) FROM clusters").fetchone()[0] == 0
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ROLLBACK")
+
+
+# --- migrations: each from the schema before it ----------------------------------------------------------
+def _ledger_at(path, version: int, *, record: int | None = None) -> None:
+    """A ledger file written up to `version` (as a labelloop of that schema left it), recorded as `record`."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, _title, step in MIGRATIONS:
+        if number <= version:
+            conn.execute("BEGIN")
+            step(conn)
+            conn.execute("COMMIT")
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", [str(record or version)])
+    conn.execute("INSERT INTO pool(text, norm, ingested_at) VALUES ('kept', 'kept', '2026-01-01T00:00:00')")
+    conn.execute("INSERT INTO rounds(state, strategy, budget, learner_version, created_at, updated_at)"
+                 " VALUES ('verifying', 'stratified', 1, 'v0', 'x', 'x')")
+    conn.execute("INSERT INTO batch_items(round_id, pool_id, cluster, score, draft, task_id)"
+                 " VALUES (1, 1, 0, 0.5, 'd', 9)")
+    conn.execute("INSERT INTO verifications(annotation_id, task_id, round_id, pool_id, verdict, target, updated_at,"
+                 " synced_at) VALUES (5, 9, 1, 1, 'accept', 'd', 'u', 's')")
+    conn.execute("INSERT INTO model_versions(version, path, pairs, created_at) VALUES ('v0', 'base', 0, 'x')")
+    conn.execute("INSERT INTO meta(key, value) VALUES ('learner_version', 'v0')")
+    conn.close()
+
+
+def _columns(ledger, table):
+    return {row[1] for row in ledger.conn.execute(f"PRAGMA table_info({table})")}
+
+
+@pytest.mark.parametrize("number", [m[0] for m in MIGRATIONS[1:]], ids=[m[1] for m in MIGRATIONS[1:]])
+def test_each_migration_applies_to_the_schema_before_it_and_keeps_the_data(tmp_path, number):
+    path = tmp_path / "old.sqlite"
+    _ledger_at(path, number - 1)
+    ledger = Ledger(path)
+    assert ledger.schema_version() == SCHEMA_VERSION
+    assert {"withdrawn_at", "lead_time", "created_at"} <= _columns(ledger, "verifications")
+    assert {"status", "note", "pruned"} <= _columns(ledger, "model_versions")
+    # what was stored survives, and the new columns work on it
+    assert ledger.verified_pairs() == [("kept", "d")]
+    assert ledger.find_current_model()["status"] == "promoted" and ledger.find_current_model()["pruned"] == 0
+    assert ledger.withdraw_verifications(set()) == 1 and ledger.verified_pairs() == []
+    assert ledger.find_item_by_task(9)["draft"] == "d"
+
+
+def test_a_ledger_that_predates_version_records_migrates_without_duplicate_columns(tmp_path):
+    # labelloop before numbered migrations: every column added in place, but the version left at 1
+    path = tmp_path / "legacy.sqlite"
+    _ledger_at(path, SCHEMA_VERSION, record=1)
+    ledger = Ledger(path)
+    assert ledger.schema_version() == SCHEMA_VERSION and ledger.verified_pairs() == [("kept", "d")]
+
+
+def test_a_ledger_from_a_newer_labelloop_is_refused_untouched(tmp_path):
+    path = tmp_path / "new.sqlite"
+    _ledger_at(path, SCHEMA_VERSION, record=SCHEMA_VERSION + 1)
+    with pytest.raises(LedgerError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        Ledger(path)
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION + 1)
