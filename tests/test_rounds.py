@@ -1,0 +1,165 @@
+"""The round state machine in seconds, on the in-memory Label Studio: every state, every crash point.
+
+The real-server tests (test_e2e.py, test_reliability.py) stay; these pin each move of `advance`
+and what a failure at each Label Studio call or state write leaves behind, without a server.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from loop import rounds
+from loop.config import load_settings
+from loop.errors import StudioError
+from loop.ledger import Ledger
+from loop.service import ensure_pool
+from tests.support.memstudio import MemStudio
+
+
+@pytest.fixture
+def ctx(tmp_path, small_pool, starter_model) -> rounds.Context:
+    settings = load_settings(
+        data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
+        learner__epochs=1, cluster__k=3, select__budget=6,
+    )
+    ledger = Ledger(settings.ledger_path)
+    ensure_pool(settings, ledger)
+    studio = MemStudio()
+    project = studio.ensure_project("rounds", settings.label_config_path.read_text())
+    return rounds.Context(settings, ledger, studio, project_id=project)
+
+
+def annotate_all(ctx: rounds.Context, round_id: int) -> None:
+    """Verify every imported task of a round once (accept, edit and reject in turn), each followed by
+    the webhook Label Studio delivers to the backend, which records it in the ledger."""
+    verdicts = ("accept", "edit", "reject")
+    for i, item in enumerate(b for b in ctx.ledger.batch(round_id) if b["task_id"]):
+        verdict = verdicts[i % 3]
+        text = item["draft"] + " (edited)" if verdict == "edit" else item["draft"]
+        annotation = ctx.studio.annotate(item["task_id"], verdict=verdict, text=text)
+        ctx.ledger.record_event("ANNOTATION_CREATED", ctx.project_id, item["task_id"], annotation)
+
+
+def settle(ctx: rounds.Context, limit: int = 20) -> rounds.Step:
+    """Advance until the loop waits or idles; returns the last step."""
+    for _ in range(limit):
+        step = rounds.advance(ctx)
+        if step.settled:
+            return step
+    raise AssertionError("the loop did not settle")
+
+
+def test_one_round_walks_every_state_and_reports_typed_steps(ctx):
+    steps = [rounds.advance(ctx) for _ in range(4)]
+    assert [(s.kind, s.round_id, s.state) for s in steps] == [
+        ("moved", 1, "selected"), ("moved", 1, "distilled"), ("moved", 1, "imported"), ("waiting", 1, "verifying"),
+    ]
+    assert steps[-1].settled and str(steps[-1]) == "waiting: round 1 verified 0/6"
+    assert rounds.advance(ctx).kind == "waiting"  # nothing changes until people verify
+    annotate_all(ctx, 1)
+    training = rounds.advance(ctx)
+    assert (training.kind, training.state, training.message) == ("moved", "training", "round 1: all 6 verified")
+    done = rounds.advance(ctx)
+    assert (done.kind, done.state) == ("moved", "done") and done.message.endswith("learner v1")
+    assert ctx.ledger.find_current_model()["version"] == "v1"
+    nxt = rounds.advance(ctx)
+    assert (nxt.kind, nxt.round_id, nxt.state) == ("moved", 2, "selected")
+
+
+def test_idle_once_max_rounds_are_done(ctx):
+    ctx.settings.select.max_rounds = 1
+    assert settle(ctx).kind == "waiting"
+    annotate_all(ctx, 1)
+    step = settle(ctx)
+    assert (step.kind, step.message) == ("idle", "idle: max_rounds reached")
+    assert [r["state"] for r in ctx.ledger.rounds()] == ["done"]
+
+
+def test_idle_when_the_pool_is_exhausted(ctx):
+    ctx.settings.select.budget = 100  # more than the 60 items: one round takes them all
+    settle(ctx)
+    annotate_all(ctx, 1)
+    step = settle(ctx)
+    assert (step.kind, step.message) == ("idle", "idle: pool exhausted")
+
+
+def assert_consistent(ctx: rounds.Context) -> None:
+    """What any interrupted run must leave: one task per item, ids that agree, each verification once,
+    one trained version per round."""
+    tasks = ctx.studio.tasks(ctx.project_id)
+    keys = Counter(t["data"]["labelloop_key"] for t in tasks)
+    assert all(n == 1 for n in keys.values()), f"duplicated tasks: {keys}"
+    ledger_ids = {rounds.task_key(b["round_id"], b["pool_id"]): b["task_id"]
+                  for r in ctx.ledger.rounds() for b in ctx.ledger.batch(r["id"]) if b["task_id"]}
+    assert ledger_ids == {t["data"]["labelloop_key"]: t["id"] for t in tasks}
+    assert len(ctx.ledger.verifications()) == len(ctx.studio.completed_annotations(ctx.project_id))
+    trained = Counter(v["round_id"] for v in ctx.ledger.model_versions() if v["round_id"] is not None)
+    assert all(n == 1 for n in trained.values())
+
+
+# Each Label Studio call a round makes, failing before it takes effect, or after (the answer was lost).
+STUDIO_FAULTS = [("import_batch", False), ("import_batch", True),
+                 ("annotations_for_tasks", False), ("annotations_for_tasks", True),
+                 ("completed_annotations", False), ("completed_annotations", True)]
+SYNC_CALLS = ("annotations_for_tasks", "completed_annotations")
+
+
+@pytest.mark.parametrize(("method", "after"), STUDIO_FAULTS, ids=[f"{m}-{'after' if a else 'before'}"
+                                                                     for m, a in STUDIO_FAULTS])
+def test_a_failed_label_studio_call_resumes_without_loss_or_duplicates(ctx, method, after):
+    if method in SYNC_CALLS:  # a fault at the sync that closes the round: by webhook, or the full one
+        settle(ctx)
+        annotate_all(ctx, 1)
+        if method == "completed_annotations":
+            ctx.settings.scheduler.reconcile_seconds = 0
+    ctx.studio.fail_next(method, after=after)
+    with pytest.raises(StudioError):
+        settle(ctx)
+    settle(ctx)  # the next tick resumes from the persisted state
+    if method not in SYNC_CALLS:
+        annotate_all(ctx, 1)
+        settle(ctx)
+    assert [r["state"] for r in ctx.ledger.rounds()][:1] == ["done"]
+    assert len(ctx.ledger.verifications(1)) == 6
+    assert_consistent(ctx)
+
+
+@pytest.mark.parametrize("state", ["distilled", "imported", "verifying", "training", "done"])
+def test_a_crash_before_a_state_is_saved_redoes_the_step_without_duplicates(ctx, state, monkeypatch):
+    """The work of a step is done, then the process dies before the round's new state is written."""
+    real = ctx.ledger.set_round_state
+    crashed = []
+
+    def crash_once(round_id, new_state, **kw):
+        if new_state == state and not crashed:
+            crashed.append(new_state)
+            raise KeyboardInterrupt(f"killed before round {round_id} became {new_state}")
+        return real(round_id, new_state, **kw)
+
+    monkeypatch.setattr(ctx.ledger, "set_round_state", crash_once)
+    if state in ("training", "done"):
+        settle(ctx)
+        annotate_all(ctx, 1)
+    with pytest.raises(KeyboardInterrupt):
+        settle(ctx)
+    assert crashed == [state]
+    settle(ctx)
+    if state not in ("training", "done"):
+        annotate_all(ctx, 1)
+        settle(ctx)
+    assert ctx.ledger.get_round(1)["state"] == "done"
+    assert [v["version"] for v in ctx.ledger.model_versions()] == ["v0", "v1"]
+    assert_consistent(ctx)
+
+
+def test_a_deleted_annotation_is_withdrawn_and_holds_the_round_open(ctx):
+    settle(ctx)
+    annotate_all(ctx, 1)
+    first = ctx.studio.completed_annotations(ctx.project_id)[0]
+    ctx.studio.delete_annotation(first.annotation_id)
+    ctx.ledger.record_event("ANNOTATIONS_DELETED", ctx.project_id, first.task_id, first.annotation_id)
+    step = settle(ctx)
+    assert (step.kind, step.message) == ("waiting", "waiting: round 1 verified 5/6")
+    assert len(ctx.ledger.verifications(1)) == 5
