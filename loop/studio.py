@@ -143,6 +143,34 @@ def prediction_result(draft: str) -> list[dict]:
     ]
 
 
+def annotation_result(verdict: str, text: str, comment: str | None = None, *, from_prediction: bool) -> list[dict]:
+    """The regions of an annotation as the labeling UI writes them: the (possibly edited) response,
+    started from the prediction when there is one, the verdict choice and an optional comment."""
+    def region(from_name: str, kind: str, origin: str, value: dict) -> dict:
+        return {"id": _region_id(), "from_name": from_name, "to_name": TO_NAME, "type": kind, "origin": origin,
+                "value": value}
+
+    result = [region(FROM_RESPONSE, "textarea", "prediction" if from_prediction else "manual", {"text": [text]}),
+              region(FROM_VERDICT, "choices", "manual", {"choices": [verdict]})]
+    if comment:
+        result.append(region(FROM_COMMENT, "textarea", "manual", {"text": [comment]}))
+    return result
+
+
+def new_task_payloads(items: list[dict], existing: dict[str, int], model_version: str) -> list[dict]:
+    """Validated task payloads (data + prediction) for the items whose key is not in `existing`, each key
+    once: the part of an import that decides what is new."""
+    new: list[dict] = []
+    pending: set[str] = set()
+    for i, item in enumerate(items):
+        key = str(item["key"])
+        if key in existing or key in pending:
+            continue
+        pending.add(key)
+        new.append(Studio._task_payload(item, model_version, where=f"items[{i}] (key {key!r})"))
+    return new
+
+
 def check_label_config(label_config: str) -> None:
     """Raise ValueError unless the config has what labelloop reads and writes: a ``source`` object, a
     ``response`` TextArea a prediction can fill, and a ``verdict`` Choices with accept / edit / reject."""
@@ -300,14 +328,7 @@ class Studio:
 
         items: {"key": str, "text": str, "draft": str, "score": float, "meta": dict}."""
         existing = self.existing_keys(project_id)
-        new: list[dict] = []
-        pending: set[str] = set()
-        for i, item in enumerate(items):
-            key = str(item["key"])
-            if key in existing or key in pending:
-                continue
-            pending.add(key)
-            new.append(self._task_payload(item, model_version, where=f"items[{i}] (key {key!r})"))
+        new = new_task_payloads(items, existing, model_version)
 
         if new:
             with _calling(f"import {len(new)} tasks into project {project_id}"):
@@ -527,35 +548,7 @@ class Studio:
             task = self._ls.tasks.get(id=str(task_id))
         predictions = [p if isinstance(p, dict) else p.model_dump() for p in (task.predictions or [])]
         parent = max((int(p["id"]) for p in predictions if p.get("id") is not None), default=None)
-        result = [
-            {
-                "id": _region_id(),
-                "from_name": FROM_RESPONSE,
-                "to_name": TO_NAME,
-                "type": "textarea",
-                "origin": "prediction" if parent is not None else "manual",
-                "value": {"text": [text]},
-            },
-            {
-                "id": _region_id(),
-                "from_name": FROM_VERDICT,
-                "to_name": TO_NAME,
-                "type": "choices",
-                "origin": "manual",
-                "value": {"choices": [verdict]},
-            },
-        ]
-        if comment:
-            result.append(
-                {
-                    "id": _region_id(),
-                    "from_name": FROM_COMMENT,
-                    "to_name": TO_NAME,
-                    "type": "textarea",
-                    "origin": "manual",
-                    "value": {"text": [comment]},
-                }
-            )
+        result = annotation_result(verdict, text, comment, from_prediction=parent is not None)
         kwargs: dict[str, Any] = {"result": result, "lead_time": 1.0}
         if parent is not None:
             kwargs["parent_prediction"] = parent

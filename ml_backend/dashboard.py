@@ -3,7 +3,8 @@
 Both show loop/status.py's facts, the same numbers as `labelloop status`. Plots are drawn here with
 matplotlib (no pyplot, so threads are safe) and served as SVG images: nothing comes from a CDN, and
 an SVG loaded through <img> cannot run script whatever text the pool holds. The page reloads itself.
-Routes are registered on the app, so whatever `before_request` auth the app has guards them too.
+The page is a module-level blueprint whose views read the app's ledger through `get_ledger()`; it and
+`/metrics` sit on the app, so whatever `before_request` auth the app has guards them too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from loop import status
 from loop.ledger import Ledger
+from ml_backend.state import get_backend, get_ledger
 
 REFRESH_S = 30  # app.config['DASHBOARD_REFRESH_S'] overrides it
 COLORS = {"accept": "#2e7d32", "edit": "#f9a825", "reject": "#c62828", "remaining": "#b0bec5",
@@ -182,35 +184,44 @@ DRAW: dict[str, Callable[[dict, object], None]] = {
 }
 
 
-def blueprint(ledger: Ledger) -> Blueprint:
-    """The read-only dashboard over one ledger: the page, its plots and the facts as JSON."""
-    bp = Blueprint("dashboard", __name__)
+bp = Blueprint("dashboard", __name__)
 
-    @bp.get("/dashboard")
-    def page():
-        f = status.facts(ledger)
-        eta = f["estimate"]
-        lead = f["annotation"]["overall"]["median_lead_time_s"]
-        return render_template_string(
-            PAGE, f=f, c=f["current"], refresh=current_app.config.get("DASHBOARD_REFRESH_S", REFRESH_S), plots=PLOTS,
-            eta="done" if eta and eta["remaining"] == 0 else (eta["eta"] if eta and eta["eta"] else "n/a"),
-            lead=f"{lead:g} s" if lead is not None else "n/a",
-            flagged=[str(t["cluster"]) for t in f["teacher_fit"] if t["flagged"]],
-        )
 
-    @bp.get("/dashboard/facts.json")
-    def facts():
-        return jsonify(status.facts(ledger))
+@bp.get("/dashboard")
+def page() -> str:
+    """The page: tiles, plots and tables of `status.facts`, reloading itself."""
+    f = status.facts(get_ledger())
+    eta = f["estimate"]
+    lead = f["annotation"]["overall"]["median_lead_time_s"]
+    return render_template_string(
+        PAGE, f=f, c=f["current"], refresh=current_app.config.get("DASHBOARD_REFRESH_S", REFRESH_S), plots=PLOTS,
+        eta="done" if eta and eta["remaining"] == 0 else (eta["eta"] if eta and eta["eta"] else "n/a"),
+        lead=f"{lead:g} s" if lead is not None else "n/a",
+        flagged=[str(t["cluster"]) for t in f["teacher_fit"] if t["flagged"]],
+    )
 
-    @bp.get("/dashboard/plot/<name>.svg")
-    def plot(name: str):
-        if name not in DRAW:
-            abort(404)
-        fig = Figure(figsize=(6.4, 3.6))
-        DRAW[name](status.facts(ledger), fig.add_subplot())
-        return Response(_svg(fig), mimetype="image/svg+xml", headers={"Cache-Control": "no-store"})
 
-    return bp
+@bp.get("/dashboard/facts.json")
+def facts() -> Response:
+    """The facts the page shows, as JSON."""
+    return jsonify(status.facts(get_ledger()))
+
+
+@bp.get("/dashboard/plot/<name>.svg")
+def plot(name: str) -> Response:
+    """One of the PLOTS as an SVG image."""
+    if name not in DRAW:
+        abort(404)
+    fig = Figure(figsize=(6.4, 3.6))
+    DRAW[name](status.facts(get_ledger()), fig.add_subplot())
+    return Response(_svg(fig), mimetype="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+def endpoint_label() -> str:
+    """The request's endpoint as /metrics labels it: a protocol route by its view (`predict`), the dashboard's
+    as `dashboard.page`."""
+    endpoint = request.endpoint or "unknown"
+    return endpoint if request.blueprint == bp.name else endpoint.rpartition(".")[2]
 
 
 class _LedgerCollector:
@@ -251,11 +262,11 @@ class _LedgerCollector:
             yield family
 
 
-def register(app: Flask, ledger: Ledger) -> None:
-    """Add the dashboard and `/metrics` (with request latency per endpoint) to the app."""
-    app.register_blueprint(blueprint(ledger))
+def register(app: Flask) -> None:
+    """Add the dashboard and `/metrics` (the app's ledger, request latency per endpoint) to the app."""
+    app.register_blueprint(bp)
     registry = CollectorRegistry()
-    registry.register(_LedgerCollector(ledger))
+    registry.register(_LedgerCollector(get_backend(app).ledger))
     latency = Histogram("labelloop_request_seconds", "Request latency by endpoint",
                         ["endpoint", "method"], registry=registry)
 
@@ -267,7 +278,7 @@ def register(app: Flask, ledger: Ledger) -> None:
     def _observe(response):
         started = g.pop("labelloop_started", None)
         if started is not None:
-            latency.labels(request.endpoint or "unknown", request.method).observe(time.perf_counter() - started)
+            latency.labels(endpoint_label(), request.method).observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 import requests
@@ -65,6 +66,35 @@ def test_predict_on_a_miss_asks_the_teacher_once(backend):
     reply = requests.post(f"{url}/predict", json={"tasks": [task, {"id": 556, "data": {}}]}, timeout=5).json()
     assert texts(reply["results"]) == ["a rewrite", None]
     assert len(reply["results"]) == 2
+
+
+def test_a_live_miss_is_recorded_against_no_pool_item(backend):
+    url, ledger = backend
+    # misses at request positions 1 and 2: once booked against pool items 1 and 2, now against none
+    tasks = [{"id": 101, "data": {}}, {"id": 700, "data": {"text": "brand new", "reference": "a new rewrite"}},
+             {"id": 701, "data": {"text": "no reference here"}}]
+    reply = requests.post(f"{url}/predict", json={"tasks": tasks}, timeout=5).json()
+    assert texts(reply["results"]) == ["draft one", "a new rewrite", None]
+    assert [(f["round_id"], f["pool_id"]) for f in ledger.teacher_failures()] == [(None, None)]
+    assert ledger.teacher_usage()["calls"] == 2
+    with sqlite3.connect(ledger.path) as conn:
+        booked = conn.execute("SELECT round_id, pool_id FROM teacher_calls").fetchall()
+    assert booked == [(None, None), (None, None)]
+
+
+def test_the_teacher_is_made_once_per_app_on_the_first_miss(backend, monkeypatch):
+    from loop import teacher as teacher_mod
+
+    url, _ = backend
+    made = []
+    real = teacher_mod.from_settings
+    monkeypatch.setattr(teacher_mod, "from_settings", lambda s, **kw: made.append(1) or real(s, **kw))
+    hit = {"tasks": [{"id": 101, "data": {}}]}
+    assert requests.post(f"{url}/predict", json=hit, timeout=5).ok and made == []
+    for n in range(2):
+        miss = {"tasks": [{"id": 800 + n, "data": {"text": f"new {n}", "reference": f"rewrite {n}"}}]}
+        assert texts(requests.post(f"{url}/predict", json=miss, timeout=5).json()["results"]) == [f"rewrite {n}"]
+    assert made == [1]
 
 
 def test_webhook_records_the_event_and_answers_at_once(backend):

@@ -16,6 +16,7 @@ import requests
 
 from loop.localstudio import LocalStudio
 from loop.studio import FROM_RESPONSE, FROM_VERDICT, KEY_FIELD, Studio, StudioError
+from tests.support import task_items
 from tests.support.memstudio import MemStudio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,18 +24,6 @@ CONFIG = (ROOT / "label_config" / "counter_narration.xml").read_text()
 HTTP_TIMEOUT = 30
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
-
-def _items(n: int, start: int = 0) -> list[dict]:
-    return [
-        {
-            "key": f"item-{i}",
-            "text": f"source text {i}",
-            "draft": f"draft reply {i}",
-            "score": round(0.1 + i / 100, 4),
-            "meta": {"cluster": i % 3, "round": 1},
-        }
-        for i in range(start, start + n)
-    ]
 
 
 # --------------------------------------------------------------------------------------------- interface
@@ -129,10 +118,10 @@ def test_contract_import_annotate_read_back(server: Server) -> None:
     pid = studio.ensure_project(f"contract-{uuid.uuid4().hex[:8]}", CONFIG)
     assert studio.ensure_project("ignored title", CONFIG, project_id=pid) == pid
 
-    first = studio.import_batch(pid, _items(3), model_version="v1")
+    first = studio.import_batch(pid, task_items(3), model_version="v1")
     assert sorted(first) == ["item-0", "item-1", "item-2"]
     assert len(set(first.values())) == 3
-    second = studio.import_batch(pid, _items(4), model_version="v1")  # the same 3 and one new
+    second = studio.import_batch(pid, task_items(4), model_version="v1")  # the same 3 and one new
     assert list(second) == ["item-0", "item-1", "item-2", "item-3"]
     assert {k: second[k] for k in first} == first
     assert second["item-3"] > max(first.values())  # auto-increment
@@ -185,7 +174,7 @@ def test_contract_import_annotate_read_back(server: Server) -> None:
 def test_contract_edit_delete_and_task_removal(server: Server) -> None:
     studio, ui = server.studio, server.ui
     pid = studio.ensure_project(f"contract-ui-{uuid.uuid4().hex[:8]}", CONFIG)
-    ids = studio.import_batch(pid, _items(3), model_version="v1")
+    ids = studio.import_batch(pid, task_items(3), model_version="v1")
     a0 = studio.annotate(ids["item-0"], verdict="accept", text="draft reply 0")
     a1 = studio.annotate(ids["item-1"], verdict="accept", text="draft reply 1")
     before = {a.annotation_id: a for a in studio.completed_annotations(pid)}
@@ -206,7 +195,7 @@ def test_contract_edit_delete_and_task_removal(server: Server) -> None:
     counts = studio.counts(pid)
     assert (counts["task_number"], counts["total_annotations_number"], counts["total_predictions_number"]) == (2, 0, 2)
     # a deleted task's key is free again: importing it makes a new task
-    again = studio.import_batch(pid, _items(2), model_version="v2")
+    again = studio.import_batch(pid, task_items(2), model_version="v2")
     assert again["item-0"] == ids["item-0"]
     assert again["item-1"] not in ids.values()
 
@@ -221,7 +210,7 @@ def test_contract_unknown_ids_are_404(server: Server) -> None:
     assert err.value.status == 404
     with pytest.raises(ValueError, match="verdict"):
         server.studio.annotate(10**8, verdict="maybe", text="x")  # checked before the server is asked
-    bad = _items(1)
+    bad = task_items(1)
     bad[0]["meta"] = {"draft": "clash"}
     with pytest.raises(ValueError, match="reserved"):
         server.studio.import_batch(pid, bad, model_version="v1")
@@ -244,10 +233,10 @@ def project(mem: MemStudio) -> int:
 def test_fail_next_raises_once_before_the_call_takes_effect(mem: MemStudio, project: int) -> None:
     mem.fail_next("import_batch")
     with pytest.raises(StudioError) as err:
-        mem.import_batch(project, _items(2), model_version="v1")
+        mem.import_batch(project, task_items(2), model_version="v1")
     assert err.value.status == 503
     assert mem.counts(project)["task_number"] == 0  # nothing was imported
-    ids = mem.import_batch(project, _items(2), model_version="v1")  # the fault is spent
+    ids = mem.import_batch(project, task_items(2), model_version="v1")  # the fault is spent
     assert sorted(ids) == ["item-0", "item-1"]
     assert mem.counts(project)["task_number"] == 2
 
@@ -255,9 +244,9 @@ def test_fail_next_raises_once_before_the_call_takes_effect(mem: MemStudio, proj
 def test_fail_next_after_leaves_the_effect_and_a_retry_is_idempotent(mem: MemStudio, project: int) -> None:
     mem.fail_next("import_batch", after=True)  # the server imported, the answer was lost
     with pytest.raises(StudioError):
-        mem.import_batch(project, _items(3), model_version="v1")
+        mem.import_batch(project, task_items(3), model_version="v1")
     assert mem.counts(project)["task_number"] == 3
-    ids = mem.import_batch(project, _items(3), model_version="v1")
+    ids = mem.import_batch(project, task_items(3), model_version="v1")
     assert mem.counts(project)["task_number"] == 3  # the retry imported nothing twice
     assert ids == mem.existing_keys(project)
 
@@ -277,7 +266,7 @@ def test_fail_next_takes_an_exception_class_or_instance_and_queues(mem: MemStudi
     assert err.value.status is None
     assert mem.counts(project)["task_number"] == 0
     mem.fail_next("existing_keys")
-    assert mem.import_batch(project, _items(1), model_version="v1")  # another method is not affected
+    assert mem.import_batch(project, task_items(1), model_version="v1")  # another method is not affected
     with pytest.raises(StudioError):
         mem.existing_keys(project)
 
@@ -294,10 +283,10 @@ def test_dropped_predictions_are_reattached_within_import_batch(
 ) -> None:
     mem.drop_predictions_next_import()
     with caplog.at_level(logging.WARNING):
-        ids = mem.import_batch(project, _items(3), model_version="v-lost")
+        ids = mem.import_batch(project, task_items(3), model_version="v-lost")
     assert "re-attaching" in caplog.text
     tasks = {t["id"]: t for t in mem.tasks(project)}
-    for item in _items(3):
+    for item in task_items(3):
         (prediction,) = tasks[ids[item["key"]]]["predictions"]
         assert prediction["model_version"] == "v-lost"
         assert prediction["result"][0]["value"]["text"] == [item["draft"]]
@@ -305,13 +294,13 @@ def test_dropped_predictions_are_reattached_within_import_batch(
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        mem.import_batch(project, _items(1, start=3), model_version="v2")  # the switch is spent
+        mem.import_batch(project, task_items(1, start=3), model_version="v2")  # the switch is spent
     assert "re-attaching" not in caplog.text
     assert mem.counts(project)["total_predictions_number"] == 4
 
 
 def test_annotations_start_from_the_latest_prediction(mem: MemStudio, project: int) -> None:
-    ids = mem.import_batch(project, _items(1), model_version="v1")
+    ids = mem.import_batch(project, task_items(1), model_version="v1")
     ann_id = mem.annotate(ids["item-0"], verdict="accept", text="draft reply 0")
     (task,) = mem.tasks(project)
     (ann,) = task["annotations"]
@@ -321,7 +310,7 @@ def test_annotations_start_from_the_latest_prediction(mem: MemStudio, project: i
 
 
 def test_calls_are_logged_without_secrets(mem: MemStudio, project: int) -> None:
-    mem.import_batch(project, _items(2), model_version="v1")
+    mem.import_batch(project, task_items(2), model_version="v1")
     mem.connect_backend(project, "http://127.0.0.1:9090/", basic_auth=("user", "pw-secret"))
     hook = mem.ensure_webhook(project, "http://127.0.0.1:9090/webhook", headers={"X-Secret": "hdr-secret"})
     assert [name for name, _ in mem.calls] == ["ensure_project", "import_batch", "connect_backend", "ensure_webhook"]

@@ -19,6 +19,7 @@ import requests
 
 from loop.localstudio import LocalStudio
 from loop.studio import Studio, StudioError, check_label_config, parse_verdict
+from tests.support import task_items
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -33,18 +34,6 @@ HTTP_TIMEOUT = 30
 def _title(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
-
-def _items(n: int, start: int = 0, prefix: str = "item") -> list[dict]:
-    return [
-        {
-            "key": f"{prefix}-{i}",
-            "text": f"source text {i}",
-            "draft": f"draft reply {i}",
-            "score": round(0.1 + i / 100, 4),
-            "meta": {"cluster": i % 3, "round": 1},
-        }
-        for i in range(start, start + n)
-    ]
 
 
 def _api(ls: LocalStudio, method: str, path: str, **kw) -> requests.Response:
@@ -114,7 +103,7 @@ def test_label_config_accepted(studio: Studio, label_studio: LocalStudio, name: 
     pid = studio.ensure_project(_title(name), config)
     project = _api(label_studio, "GET", f"/api/projects/{pid}/").json()
     assert project["label_config"].strip() == config.strip()
-    ids = studio.import_batch(pid, _items(1), model_version="v-config")
+    ids = studio.import_batch(pid, task_items(1), model_version="v-config")
     (task,) = _tasks(label_studio, pid)
     assert task["id"] == ids["item-0"]
     assert task["predictions"][0]["result"][0]["value"]["text"] == ["draft reply 0"]
@@ -156,7 +145,7 @@ def test_ensure_project_idempotent(studio: Studio) -> None:
 
 @pytest.mark.parametrize("n", [1, 7])
 def test_import_batch_with_predictions(studio: Studio, label_studio: LocalStudio, project: int, n: int) -> None:
-    items = _items(n)
+    items = task_items(n)
     ids = studio.import_batch(project, items, model_version="teacher-v1")
     assert sorted(ids) == sorted(i["key"] for i in items)
     assert len(set(ids.values())) == n
@@ -184,10 +173,10 @@ def test_import_batch_with_predictions(studio: Studio, label_studio: LocalStudio
 
 
 def test_import_batch_is_idempotent(studio: Studio, project: int) -> None:
-    first = studio.import_batch(project, _items(4), model_version="v1")
+    first = studio.import_batch(project, task_items(4), model_version="v1")
     assert studio.counts(project)["task_number"] == 4
 
-    again = _items(4) + _items(3, start=4)
+    again = task_items(4) + task_items(3, start=4)
     second = studio.import_batch(project, again, model_version="v1")
     assert studio.counts(project)["task_number"] == 7  # only the 3 new ones
     assert studio.counts(project)["total_predictions_number"] == 7
@@ -196,19 +185,19 @@ def test_import_batch_is_idempotent(studio: Studio, project: int) -> None:
 
     # the same batch once more, and a batch with a key twice: nothing new / one task
     assert studio.import_batch(project, again, model_version="v1") == second
-    dup = _items(1, start=20)
+    dup = task_items(1, start=20)
     ids = studio.import_batch(project, dup + dup, model_version="v1")
     assert list(ids) == ["item-20"]
     assert studio.counts(project)["task_number"] == 8
     assert studio.import_batch(project, [], model_version="v1") == {}
 
 
-def test_import_batch_rejects_bad_items(studio: Studio, project: int) -> None:
-    bad_meta = _items(1)
+def test_import_batch_rejects_badtask_items(studio: Studio, project: int) -> None:
+    bad_meta = task_items(1)
     bad_meta[0]["meta"] = {"draft": "clash"}
     with pytest.raises(ValueError, match="reserved"):
         studio.import_batch(project, bad_meta, model_version="v1")
-    bad_score = _items(1)
+    bad_score = task_items(1)
     bad_score[0]["score"] = float("nan")
     with pytest.raises(ValueError, match="score"):
         studio.import_batch(project, bad_score, model_version="v1")
@@ -218,7 +207,7 @@ def test_import_batch_rejects_bad_items(studio: Studio, project: int) -> None:
 def test_dropped_predictions_are_reattached(studio: Studio, label_studio: LocalStudio, project: int) -> None:
     """The server retries an import that met a SQLite lock without its predictions: here the tasks are
     imported bare (what such a retry leaves) and the recovery path re-attaches the drafts in one call."""
-    items = _items(5)
+    items = task_items(5)
     payloads = [Studio._task_payload(item, "v-lost", where="test") for item in items]
     resp = _api(
         label_studio,
@@ -255,7 +244,7 @@ def test_annotate_and_read_back(
     comment: str | None,
     expected: str,
 ) -> None:
-    items = _items(3)
+    items = task_items(3)
     ids = studio.import_batch(project, items, model_version="v1")
     assert studio.completed_annotations(project) == []
 
@@ -284,7 +273,7 @@ def test_annotate_and_read_back(
 
 
 def test_completed_annotations_filters(studio: Studio, label_studio: LocalStudio, project: int) -> None:
-    ids = studio.import_batch(project, _items(3), model_version="v1")
+    ids = studio.import_batch(project, task_items(3), model_version="v1")
     kept = [
         studio.annotate(ids["item-0"], verdict="accept", text="draft reply 0"),
         studio.annotate(ids["item-0"], verdict="reject", text="draft reply 0"),  # a second annotator
@@ -334,7 +323,7 @@ def test_completed_annotations_filters(studio: Studio, label_studio: LocalStudio
 
 
 def test_annotate_rejects_unknown_verdict(studio: Studio, project: int) -> None:
-    ids = studio.import_batch(project, _items(1), model_version="v1")
+    ids = studio.import_batch(project, task_items(1), model_version="v1")
     with pytest.raises(ValueError):
         studio.annotate(ids["item-0"], verdict="maybe", text="x")
 
@@ -427,7 +416,7 @@ def test_personal_access_token(label_studio: LocalStudio, personal_access_token:
     assert personal_access_token.count(".") == 2  # a JWT, not a legacy token
     studio = Studio(label_studio.url, personal_access_token)
     pid = studio.ensure_project(_title("pat"), CONFIGS["style_transfer"])
-    ids = studio.import_batch(pid, _items(2), model_version="v-pat")
+    ids = studio.import_batch(pid, task_items(2), model_version="v-pat")
     ann_id = studio.annotate(ids["item-0"], verdict="accept", text="draft reply 0")
     assert [a.annotation_id for a in studio.completed_annotations(pid)] == [ann_id]
 

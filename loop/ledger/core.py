@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loop.errors import NotFound
 from loop.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 
@@ -131,6 +132,13 @@ class Store:
     def _value(self, sql: str, params: Iterable[Any] = ()) -> Any:
         row = self.conn.execute(sql, list(params)).fetchone()
         return row[0] if row else None
+
+    @staticmethod
+    def _must(row: dict | None, what: str, key: object) -> dict:
+        """`row`, or NotFound naming what was looked up: how every `get_*` is its `find_*` that must hit."""
+        if row is None:
+            raise NotFound(what, key)
+        return row
 
     def _column(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         return [row[0] for row in self.conn.execute(sql, list(params))]

@@ -18,6 +18,7 @@ class EventTables(Store):
             return cur.lastrowid
 
     def pending_events(self) -> int:
+        """Webhook events not yet consumed by a sync."""
         return self._value("SELECT count(*) FROM events WHERE processed = 0")
 
     def pending_event_tasks(self) -> tuple[int, list[int]]:

@@ -49,10 +49,7 @@ class ModelTables(Store):
 
     def get_model_version(self, version: str) -> dict:
         """One registered version (metrics decoded); raises NotFound for an unknown one."""
-        row = self.find_model_version(version)
-        if row is None:
-            raise NotFound("learner version", version)
-        return row
+        return self._must(self.find_model_version(version), "learner version", version)
 
     def promote_model(self, version: str, note: str | None = None) -> None:
         """Make `version` the one in use (rollback or a manual promotion); raises NotFound if unknown."""

@@ -31,6 +31,7 @@ class PoolTables(Store):
         return added, len(rows) - added
 
     def pool_count(self) -> int:
+        """How many items the pool holds."""
         return self._value("SELECT count(*) FROM pool")
 
     def pool_items(self, ids: Iterable[int] | None = None) -> list[dict]:
@@ -59,6 +60,7 @@ class PoolTables(Store):
 
     # --- embeddings and clusters ---------------------------------------------------------------
     def ids_without_embedding(self, model: str) -> list[int]:
+        """Pool ids with no embedding under `model` yet (what embedding still has to do)."""
         return [
             r[0]
             for r in self.conn.execute(
@@ -69,6 +71,7 @@ class PoolTables(Store):
         ]
 
     def put_embeddings(self, model: str, ids: list[int], vectors: np.ndarray) -> None:
+        """Store (or replace) the embeddings of `ids` under `model`, one row per item."""
         vectors = np.asarray(vectors, dtype=np.float32)
         with self.transaction() as conn:
             conn.executemany(
@@ -87,6 +90,7 @@ class PoolTables(Store):
         return [r[0] for r in rows], matrix
 
     def put_clusters(self, clustering: str, ids: list[int], labels: Iterable[int]) -> None:
+        """Replace the whole clustering: every item's cluster under one clustering identity."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM clusters")
             conn.executemany(
@@ -95,6 +99,7 @@ class PoolTables(Store):
             )
 
     def clusters(self) -> dict[int, int]:
+        """pool_id -> cluster of the stored clustering."""
         return dict(self.conn.execute("SELECT pool_id, cluster FROM clusters").fetchall())
 
     def find_clustering(self) -> str | None:
@@ -103,6 +108,7 @@ class PoolTables(Store):
 
     # --- interim outputs and scores ------------------------------------------------------------
     def ids_without_score(self, learner_version: str, scorer: str, ids: list[int]) -> list[int]:
+        """Those of `ids` with no interim output and score under this learner version and R."""
         have = {
             r[0]
             for r in self.conn.execute(
@@ -125,6 +131,7 @@ class PoolTables(Store):
             )
 
     def scores(self, learner_version: str, scorer: str) -> dict[int, tuple[str, float]]:
+        """pool_id -> (interim output, score) under one learner version and R."""
         return {
             r[0]: (r[1], r[2])
             for r in self.conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from loop.errors import NotFound, StaleState
+from loop.errors import StaleState
 from loop.ledger.core import Store, now
 from loop.vocab import ROUND_STATES
 
@@ -46,10 +46,7 @@ class RoundTables(Store):
 
     def get_round(self, round_id: int) -> dict:
         """One round; raises NotFound when there is no such round."""
-        row = self.find_round(round_id)
-        if row is None:
-            raise NotFound("round", round_id)
-        return row
+        return self._must(self.find_round(round_id), "round", round_id)
 
     def rounds(self) -> list[dict]:
         """Every round, oldest first."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+import sqlite_utils
+
 from loop.vocab import TEACHER_CALL_STATUSES, VERDICTS
 
 
@@ -151,8 +153,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 def add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) -> None:
     """ALTER TABLE ADD COLUMN, a no-op when the column is already there."""
-    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-    if column not in have:
+    if column not in sqlite_utils.Database(conn)[table].columns_dict:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 

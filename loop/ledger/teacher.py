@@ -9,6 +9,7 @@ class TeacherTables(Store):
     """Teacher outputs (a cache that makes re-runs free) and every attempt with its tokens and cost."""
 
     def cached_outputs(self, keys: list[str]) -> dict[str, str]:
+        """prompt key -> stored teacher output, for the keys that have one."""
         out: dict[str, str] = {}
         for chunk in chunks(keys):
             out.update(

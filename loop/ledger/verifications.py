@@ -75,6 +75,7 @@ class VerificationTables(Store):
         return len(gone)
 
     def verification_history(self, annotation_id: int) -> list[dict]:
+        """Every recorded change of one annotation (created, updated, withdrawn), oldest first."""
         return self._rows(
             "SELECT change, verdict, target, updated_at FROM verification_history WHERE annotation_id = ? ORDER BY id",
             [annotation_id],

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 from loop.localstudio import USERNAME
 from loop.studio import (
-    FROM_COMMENT,
     FROM_RESPONSE,
     FROM_VERDICT,
     KEY_FIELD,
@@ -41,6 +40,8 @@ from loop.studio import (
     StudioError,
     _norm,
     _region_id,
+    annotation_result,
+    new_task_payloads,
 )
 
 log = logging.getLogger(__name__)
@@ -366,14 +367,7 @@ class MemStudio:
         validated as Studio validates them; re-attach predictions a lossy import dropped. Returns key ->
         task id for ALL items, old and new."""
         existing = self._keys(project_id)
-        new: list[dict] = []
-        pending: set[str] = set()
-        for i, item in enumerate(items):
-            key = str(item["key"])
-            if key in existing or key in pending:
-                continue
-            pending.add(key)
-            new.append(Studio._task_payload(item, model_version, where=f"items[{i}] (key {key!r})"))
+        new = new_task_payloads(items, existing, model_version)
         if new:
             task_ids, prediction_count = self._bulk_import(project_id, new)
             for payload, task_id in zip(new, task_ids, strict=True):
@@ -449,35 +443,7 @@ class MemStudio:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         self._task(task_id, f"get task {task_id}")
         parent = max((p["id"] for p in self._task_predictions(int(task_id))), default=None)
-        result = [
-            {
-                "id": _region_id(),
-                "from_name": FROM_RESPONSE,
-                "to_name": TO_NAME,
-                "type": "textarea",
-                "origin": "prediction" if parent is not None else "manual",
-                "value": {"text": [text]},
-            },
-            {
-                "id": _region_id(),
-                "from_name": FROM_VERDICT,
-                "to_name": TO_NAME,
-                "type": "choices",
-                "origin": "manual",
-                "value": {"choices": [verdict]},
-            },
-        ]
-        if comment:
-            result.append(
-                {
-                    "id": _region_id(),
-                    "from_name": FROM_COMMENT,
-                    "to_name": TO_NAME,
-                    "type": "textarea",
-                    "origin": "manual",
-                    "value": {"text": [comment]},
-                }
-            )
+        result = annotation_result(verdict, text, comment, from_prediction=parent is not None)
         return self._new_annotation(int(task_id), result, was_cancelled=False, parent=parent)
 
     @_served
