@@ -23,7 +23,7 @@ from rich.table import Table  # noqa: E402
 
 from loop import teacher  # noqa: E402
 from loop.ledger import Ledger  # noqa: E402
-from tests.openai_server import FakeOpenAI  # noqa: E402
+from tests.support.openai_server import FakeOpenAI  # noqa: E402
 
 console = Console(stderr=True)
 

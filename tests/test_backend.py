@@ -15,7 +15,7 @@ from loop.config import load_settings
 from loop.ledger import Ledger
 from loop.teacher import Draft
 from ml_backend.app import create_app
-from tests.webserve import serve
+from tests.support.webserve import serve
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import requests
 from loop import status
 from loop.config import load_settings
 from ml_backend.app import create_app
-from tests import status_ledger
-from tests.webserve import serve
+from tests.support import status_ledger
+from tests.support.webserve import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from loop import export, status
 from loop.cli import main
 from loop.ledger import Ledger
-from tests import status_ledger
+from tests.support import status_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ from loop.ingest import ingest
 from loop.ledger import Ledger
 from loop.scheduler import AlreadyRunning, ProjectLock, Scheduler
 from loop.teacher import Draft
-from tests.webserve import serve
+from tests.support.webserve import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_CONFIG = (ROOT / "label_config" / "style_transfer.xml").read_text()
@@ -186,7 +186,7 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(
     settings_file.write_text(json.dumps(ctx.settings.model_dump(mode="json")))
     env = dict(os.environ, LABEL_STUDIO_API_KEY=label_studio.token, PYTHONPATH=str(ROOT))
     env.pop("OPENAI_API_KEY", None)
-    command = [sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(settings_file), "4"]
+    command = [sys.executable, str(ROOT / "tests" / "support" / "crash_driver.py"), str(settings_file), "4"]
     rng = random.Random(11)
     kills, states_killed_in = 0, []
     while kills < 20:

@@ -11,7 +11,7 @@ import requests
 from loop import export, service
 from loop.config import load_settings
 from loop.scheduler import tick
-from tests.openai_server import FakeOpenAI
+from tests.support.openai_server import FakeOpenAI
 from tests.test_e2e import free_port
 from tests.test_reliability import wait_for
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from loop import status
 from loop.cli import main
-from tests import status_ledger
+from tests.support import status_ledger
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ import pytest
 
 from loop import teacher
 from loop.ledger import Ledger
-from tests.openai_server import FakeOpenAI, rewrite
+from tests.support.openai_server import FakeOpenAI, rewrite
 
 SECRET = "sk-test-never-log-this-0123456789"
 

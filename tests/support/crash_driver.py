@@ -1,6 +1,6 @@
 """Drive rounds until N are done, annotating as a person would: the process the kill -9 test kills.
 
-Usage: python tests/crash_driver.py SETTINGS.json ROUNDS  (LABEL_STUDIO_API_KEY in the environment).
+Usage: python tests/support/crash_driver.py SETTINGS.json ROUNDS  (LABEL_STUDIO_API_KEY in the environment).
 Prints "ready" once the heavy imports and the learner are loaded, so that kills land in round work.
 """
 
