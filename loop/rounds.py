@@ -337,6 +337,8 @@ def advance(ctx: Context) -> Step:
     ledger, s = ctx.ledger, ctx.settings
     current = ledger.find_current_round()
     if current is None or current["state"] == "done":
+        # edits and deletions of earlier rounds keep arriving after the last round, and exports read them
+        sync_verifications(ctx, full=_full_sync_due(ctx))
         if s.select.max_rounds is not None and len(ledger.rounds()) >= s.select.max_rounds:
             return Step("idle", "idle: max_rounds reached")
         round_id = select_round(ctx)

@@ -22,7 +22,7 @@ import requests
 
 from loop import localstudio
 from loop.config import WEBHOOK_SECRET_HEADER, Settings
-from loop.errors import ServiceError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.errors import ServiceError, StudioError
 from loop.ingest import ingest
 from loop.ledger import Ledger
 from loop.rounds import Context
@@ -99,11 +99,41 @@ def _terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait(timeout)
 
 
+def check_project_continuity(ctx: Context, wanted: int | None) -> None:
+    """Refuse to go on in another project than the one earlier rounds were imported into.
+
+    If that project answers 404 (the key now belongs to another organisation, the server's data was
+    reset, a proxy) or the settings name another one, a new project would start empty: every
+    verification would look deleted and the open round could never be verified. Raises ServiceError
+    saying what to do instead."""
+    imported = sorted({r["project_id"] for r in ctx.ledger.rounds() if r["project_id"] is not None})
+    if not imported:
+        return
+    home = imported[-1]
+    if wanted is not None and wanted != home:
+        raise ServiceError(
+            f"the ledger's rounds were imported into Label Studio project {home}, but the settings name project"
+            f" {wanted}; set studio.project_id = {home} (or use a new data_dir for a new project)"
+        )
+    try:
+        ctx.studio.counts(home)
+    except StudioError as exc:
+        if exc.status != 404:
+            raise
+        raise ServiceError(
+            f"Label Studio at {ctx.studio.url} has no project {home}, which holds the ledger's rounds"
+            f" {', '.join(str(r['id']) for r in ctx.ledger.rounds() if r['project_id'] == home)}; labelloop will not"
+            " create an empty replacement (its verifications would all look deleted). Check studio.url and that"
+            " LABEL_STUDIO_API_KEY belongs to the organisation that owns the project, or restore the server's data"
+        ) from None
+
+
 def connect_project(ctx: Context, backend_url: str) -> int:
     """Create or reuse the Label Studio project, remember it in the ledger, connect the backend."""
     s = ctx.settings
     stored = ctx.ledger.find_meta("project_id")
     wanted = s.studio.project_id or (int(stored) if stored else None)
+    check_project_continuity(ctx, wanted)
     project_id = ctx.studio.ensure_project(
         s.studio.project_title, s.label_config_path.read_text(encoding="utf-8"), wanted
     )

@@ -163,3 +163,38 @@ def test_a_deleted_annotation_is_withdrawn_and_holds_the_round_open(ctx):
     step = settle(ctx)
     assert (step.kind, step.message) == ("waiting", "waiting: round 1 verified 5/6")
     assert len(ctx.ledger.verifications(1)) == 5
+
+
+def test_edits_and_deletions_reach_the_ledger_after_the_last_round(ctx):
+    """Once the loop is idle (max_rounds), later verifications still sync, so exports do not go stale."""
+    ctx.settings.select.max_rounds = 1
+    settle(ctx)
+    annotate_all(ctx, 1)
+    assert settle(ctx).message == "idle: max_rounds reached"
+    first, second = ctx.studio.completed_annotations(ctx.project_id)[:2]
+    ctx.studio.update_annotation(first.annotation_id, verdict="edit", text="a later, better reply")
+    ctx.ledger.record_event("ANNOTATION_UPDATED", ctx.project_id, first.task_id, first.annotation_id)
+    ctx.studio.delete_annotation(second.annotation_id)
+    ctx.ledger.record_event("ANNOTATIONS_DELETED", ctx.project_id, second.task_id, second.annotation_id)
+    assert settle(ctx).kind == "idle"
+    by_id = {v["annotation_id"]: v for v in ctx.ledger.verifications(1)}
+    assert by_id[first.annotation_id]["target"] == "a later, better reply"
+    assert second.annotation_id not in by_id
+
+
+def test_a_lost_project_is_not_replaced_once_rounds_were_imported_into_it(ctx):
+    """A 404 for the stored project must not start an empty replacement that withdraws every verification."""
+    from loop.errors import ServiceError
+    from loop.service import connect_project
+
+    settle(ctx)  # round 1 is imported into the project
+    ctx.ledger.set_meta("project_id", str(ctx.project_id))
+    fresh = MemStudio()  # the server's data was reset: the project is gone
+    lost = rounds.Context(ctx.settings, ctx.ledger, fresh)
+    with pytest.raises(ServiceError, match=f"has no project {ctx.project_id}, which holds the ledger's rounds 1"):
+        connect_project(lost, "http://127.0.0.1:9")
+    assert [name for name, _ in fresh.calls] == ["counts"]  # it looked, and created nothing
+    ctx.settings.studio.project_id = ctx.project_id + 1  # the settings point elsewhere
+    with pytest.raises(ServiceError, match=f"set studio.project_id = {ctx.project_id}"):
+        connect_project(rounds.Context(ctx.settings, ctx.ledger, ctx.studio), "http://127.0.0.1:9")
+    assert len(ctx.ledger.verifications()) == 0 and ctx.ledger.get_round(1)["project_id"] == ctx.project_id
