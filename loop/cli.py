@@ -312,8 +312,8 @@ def rollback(config: str | None, version: str) -> None:
     """
     from loop import versions
 
-    ledger = _ledger_or_fail(_settings(config))
-    row = versions.rollback(ledger, version)
+    settings = _settings(config)
+    row = versions.rollback(_ledger_or_fail(settings), version, settings.models_dir)
     console.print(f"learner {row['version']} is now in use ({row['path']})")
 
 

@@ -318,15 +318,16 @@ def train_round(ctx: Context, round_id: int) -> str:
         promote, note = versions.gate(metrics["dev_loss"], metrics["parent_dev_loss"], parent["version"], len(dev))
     else:
         promote, note = True, f"promoted without a gate (dev split needs {s.learner.min_dev_pairs} pairs)"
-    ledger.add_model_version(
-        version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics,
-        promote=promote, note=note,
-    )
+    with versions.models_lock(s.models_dir):  # against a rollback or a prune in another process
+        promote = ledger.add_model_version(
+            version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics,
+            promote=promote, note=note, expect_current=parent["version"],
+        )
+        pruned = versions.prune(ledger, s.models_dir, s.learner.keep_last, Path(s.models_dir) / ".ct2")
     if promote and s.learner.runtime != "hf":  # convert now, so the next round's scoring starts at once
         from loop import runtime
 
         runtime.convert(str(out), s.learner.runtime, Path(s.models_dir) / ".ct2")
-    pruned = versions.prune(ledger, s.models_dir, s.learner.keep_last, Path(s.models_dir) / ".ct2")
     log.info("round %d: learner %s trained on %d pairs (loss %.3f): %s%s", round_id, version, len(train),
              metrics.get("train_loss", float("nan")), note, f"; pruned {', '.join(pruned)}" if pruned else "")
     return version

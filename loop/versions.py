@@ -8,8 +8,13 @@ Only the last `keep_last` trained checkpoints stay on disk, plus the one in use.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from loop.errors import VersionError
@@ -40,10 +45,44 @@ def gate(new_dev_loss: float, current_dev_loss: float, current: str, dev_pairs: 
     )
 
 
-def rollback(ledger: Ledger, version: str) -> dict:
-    """Make an earlier (or held) version the one in use; returns its row.
+LOCK_FILE = ".versions.lock"
+
+
+@contextmanager
+def models_lock(models_dir: str | Path, timeout: float = 300.0) -> Iterator[None]:
+    """Exclusive lock over the learner's versions across processes: registering a trained version,
+    pruning and rollback take it, so a rollback can neither be overwritten by a training step that
+    finishes later nor point at a checkpoint a prune is deleting. Released on exit, even on kill -9.
+
+    Raises VersionError when another process holds it for longer than `timeout` seconds."""
+    path = Path(models_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise VersionError(
+                        f"{path}: another labelloop process has held the versions lock for {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)  # held for a ledger write and a prune: milliseconds
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def rollback(ledger: Ledger, version: str, models_dir: str | Path | None = None) -> dict:
+    """Make an earlier (or held) version the one in use; returns its row. With `models_dir`, under
+    the versions lock (see `models_lock`).
 
     Raises VersionError (naming the known versions) for an unknown, pruned or missing checkpoint."""
+    if models_dir is not None:
+        with models_lock(models_dir):
+            return rollback(ledger, version)
     row = ledger.find_model_version(version)
     if row is None:
         known = ", ".join(sorted((v["version"] for v in ledger.model_versions()), key=version_number))

@@ -193,3 +193,47 @@ def test_split_dev_is_stable_and_disjoint(pairs, fraction, min_dev, dev_size):
         assert 0 < len(dev) < pairs
         more_train, more_dev = versions.split_dev(data + [("source x", "y")], fraction, min_dev)
         assert set(dev) <= set(more_dev)  # a dev pair stays dev as the verified set grows
+
+
+# --- rollback against training and pruning in other processes ----------------------------------------------
+def test_a_version_trained_from_a_parent_that_was_rolled_back_is_held_not_promoted(tmp_path):
+    """A training step that finishes after a rollback must not promote its child over the rolled-back version."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add_model_version("v0", path="base", parent=None, round_id=None, pairs=0, metrics={})
+    ledger.add_model_version("v1", path="p1", parent="v0", round_id=1, pairs=4, metrics={})
+    ledger.promote_model("v0")  # the rollback, while v2 trains from v1
+    promoted = ledger.add_model_version("v2", path="p2", parent="v1", round_id=2, pairs=8, metrics={},
+                                        promote=True, note="promoted (gate)", expect_current="v1")
+    assert promoted is False and ledger.find_current_model()["version"] == "v0"
+    v2 = ledger.get_model_version("v2")
+    assert v2["status"] == "held" and "v0 was put in use while this version trained from v1" in v2["note"]
+    assert ledger.add_model_version("v3", path="p3", parent="v0", round_id=3, pairs=9, metrics={},
+                                    expect_current="v0") is True
+
+
+def test_rollback_waits_for_the_versions_lock_another_process_holds(tmp_path):
+    """Rollback, training's registration and pruning serialise on one lock across processes."""
+    import subprocess
+    import sys
+
+    from loop.errors import VersionError
+
+    models = tmp_path / "models"
+    (models / "v1").mkdir(parents=True)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add_model_version("v0", path="base", parent=None, round_id=None, pairs=0, metrics={})
+    ledger.add_model_version("v1", path=str(models / "v1"), parent="v0", round_id=1, pairs=4, metrics={})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from loop.versions import models_lock\n"
+         f"with models_lock({str(models)!r}):\n    print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(VersionError, match="held the versions lock"), versions.models_lock(models, timeout=0.3):
+            pass
+        assert ledger.find_current_model()["version"] == "v1"
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert versions.rollback(ledger, "v0", models)["version"] == "v0" == ledger.find_current_model()["version"]

@@ -13,10 +13,19 @@ class ModelTables(Store):
 
     def add_model_version(
         self, version: str, *, path: str, parent: str | None, round_id: int | None, pairs: int, metrics: dict,
-        promote: bool = True, note: str | None = None,
-    ) -> None:
-        """Register a checkpoint; `promote` makes it the version in use, else it is kept as 'held'."""
+        promote: bool = True, note: str | None = None, expect_current: str | None = None,
+    ) -> bool:
+        """Register a checkpoint; `promote` makes it the version in use, else it is kept as 'held'.
+
+        With `expect_current`, promotion is a compare-and-set: when another version was put in use
+        meanwhile (a rollback while this one trained), this one is kept as 'held' with a note saying so.
+        Returns whether it was promoted."""
         with self.transaction() as conn:
+            current = self._value("SELECT value FROM meta WHERE key = 'learner_version'")
+            if promote and expect_current is not None and current != expect_current:
+                promote = False
+                note = (f"held: {current} was put in use while this version trained from {expect_current}"
+                        f" (was: {note})" if note else f"held: {current} was put in use meanwhile")
             conn.execute(
                 "INSERT OR REPLACE INTO model_versions(version, path, parent, round_id, pairs, metrics, created_at,"
                 " status, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -25,6 +34,7 @@ class ModelTables(Store):
             )
             if promote:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('learner_version', ?)", [version])
+        return promote
 
     def model_versions(self) -> list[dict]:
         """Every registered version (metrics decoded), oldest first."""
