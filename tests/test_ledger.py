@@ -197,3 +197,26 @@ def test_a_ledger_from_a_newer_labelloop_is_refused_untouched(tmp_path):
         Ledger(path)
     assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
         SCHEMA_VERSION + 1)
+
+
+def test_processes_opening_a_new_ledger_at_the_same_moment_all_succeed(tmp_path):
+    """The container starts two web workers and the scheduler on an empty volume: none may fail on
+    "database is locked" (WAL switch) or "duplicate column name" (migrations run twice)."""
+    import subprocess
+    import sys
+
+    opener = ("import sys, time, pathlib\n"
+              "from loop.ledger import Ledger\n"
+              "go = pathlib.Path(sys.argv[2])\n"
+              "print('ready', flush=True)\n"
+              "while not go.exists(): time.sleep(0.0005)\n"
+              "print(Ledger(sys.argv[1]).schema_version())\n")
+    for attempt in range(8):
+        path, go = tmp_path / f"l{attempt}.sqlite", tmp_path / f"go{attempt}"
+        procs = [subprocess.Popen([sys.executable, "-c", opener, str(path), str(go)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 3  # imports done in all three
+        go.touch()  # now all three open the file together
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in results]
+        assert [out.strip() for out, _ in results] == [str(SCHEMA_VERSION)] * 3

@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loop.errors import NotFound
+from loop.errors import LedgerError, NotFound
 from loop.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's write lock
+
+
+def _retry_busy(statement: Callable[[], Any], timeout: float = BUSY_TIMEOUT_S) -> Any:
+    """Run `statement`, retrying while SQLite answers busy or locked: switching a new file to WAL
+    does not wait on the busy timeout, so processes opening it at the same moment can fail at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def now() -> str:
@@ -51,8 +67,8 @@ class Store:
         """This thread's connection (opened on first use, in autocommit mode: transactions are explicit)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
+            _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -102,25 +118,26 @@ class Store:
         return int(value) if value is not None else 0
 
     def migrate(self, upto: int = SCHEMA_VERSION) -> int:
-        """Apply the migrations this file lacks, each in its own transaction with its version number;
-        returns the version reached. Each step tolerates a file that already has part of it (ledgers
-        written before versions were recorded)."""
+        """Apply the migrations this file lacks, all in one transaction, and record the version reached
+        (returned). Each step tolerates a file that already has part of it (ledgers written before
+        versions were recorded)."""
         version = self.schema_version()
         if version > SCHEMA_VERSION:
-            from loop.errors import LedgerError
-
             raise LedgerError(
                 f"{self.path}: schema version {version} is newer than this labelloop's {SCHEMA_VERSION};"
                 " upgrade labelloop"
             )
-        for number, _title, step in MIGRATIONS:
-            if version < number <= upto:
-                with self.transaction() as conn:
+        if version >= upto:
+            return version  # the common case reads only: the web workers must not queue for the write lock
+        # one IMMEDIATE transaction for all steps, the version read again inside it: processes that open
+        # a new file at the same moment (the container's workers and scheduler) migrate one after another
+        with self.transaction() as conn:
+            version = self.schema_version()
+            for number, _title, step in MIGRATIONS:
+                if version < number <= upto:
                     step(conn)
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", [str(number)]
-                    )
-                version = number
+                    version = number
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", [str(version)])
         return version
 
     # --- reading -----------------------------------------------------------------------------------
