@@ -110,6 +110,10 @@ class Scheduler:
 
     def start(self) -> None:
         self.lock.acquire()
+        from loop.versions import sweep_temporaries  # no training runs before this scheduler's first tick
+
+        for path in sweep_temporaries(self.ctx.settings.models_dir):
+            log.info("removed %s, left by an interrupted training or conversion", path)
         self._scheduler.add_job(
             self._run, "interval", seconds=self.ctx.settings.scheduler.poll_seconds, id="advance",
             next_run_time=_now(),

@@ -116,3 +116,26 @@ def prune(ledger: Ledger, models_dir: str | Path, keep_last: int, ct2_cache: str
         ledger.mark_model_pruned(v["version"])
         pruned.append(v["version"])
     return pruned
+
+
+TEMPORARY_PATTERNS = (".*.tmp-*", ".*.old-*")  # learner.fine_tune's and runtime.convert's atomic-write leftovers
+
+
+def sweep_temporaries(models_dir: str | Path) -> list[Path]:
+    """Delete what a killed training or conversion left behind (each a model-sized directory) in
+    `models_dir` and its CTranslate2 cache; returns what was removed. Call it only where no training
+    can run meanwhile: under the project's lock, and it takes the versions lock itself."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    removed = []
+    with models_lock(root):
+        for folder in (root, root / ".ct2"):
+            for pattern in TEMPORARY_PATTERNS:
+                for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed

@@ -237,3 +237,16 @@ def test_rollback_waits_for_the_versions_lock_another_process_holds(tmp_path):
         holder.stdin.close()
         holder.wait(timeout=30)
     assert versions.rollback(ledger, "v0", models)["version"] == "v0" == ledger.find_current_model()["version"]
+
+
+def test_leftovers_of_a_killed_training_are_swept_and_checkpoints_kept(tmp_path):
+    """A kill during fine_tune's or convert's atomic write leaves model-sized temporary directories."""
+    models = tmp_path / "models"
+    leftovers = [models / ".v3.tmp-abc", models / ".v2.old-xyz", models / ".ct2" / ".d1f-float32.tmp-q"]
+    kept = [models / "v2", models / ".ct2" / "d1f-float32", models / "starter"]
+    for path in leftovers + kept:
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"w")
+    assert sorted(versions.sweep_temporaries(models)) == sorted(leftovers)
+    assert not any(p.exists() for p in leftovers) and all((p / "model.safetensors").exists() for p in kept)
+    assert versions.sweep_temporaries(models) == [] and versions.sweep_temporaries(tmp_path / "none") == []
