@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from loop.errors import ConfigError
 from loop.vocab import RUNTIMES, STRATEGIES, TASKS
 
+INSTANCE_ENV = "LABELLOOP_INSTANCE"  # a nonce the backend's /health echoes: the run that started it knows it
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
 SECRET_NAMES = ("api_key", "openai_api_key", "label_studio_api_key", "token", "password")
 

@@ -243,7 +243,8 @@ def _token_works(url: str, token: str) -> bool:
     return status == 200
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """Whether something listens on, or holds, this loopback port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
         if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -347,7 +348,7 @@ def start(
     creds = _load_or_create_credentials(data_dir)
     url = f"http://127.0.0.1:{port}"
 
-    if _port_in_use(port):
+    if port_in_use(port):
         if _healthy(url) and _token_works(url, creds["token"]):
             log.info("reusing the Label Studio already running at %s", url)
             return LocalStudio(url, creds["username"], creds["password"], creds["token"], data_dir, None)

@@ -22,17 +22,33 @@ from loop.errors import AlreadyRunning  # noqa: F401 (re-exported: callers catch
 
 log = logging.getLogger(__name__)
 
+LOCK_NAME = "scheduler.lock"  # in the data directory: one `labelloop run` per project
 
+
+
+
+_HELD: dict[Path, list[int]] = {}  # lock path -> [fd, holders] of the locks this process holds
 
 
 class ProjectLock:
-    """An exclusive, non-blocking file lock; released when the process exits, even on kill -9."""
+    """An exclusive, non-blocking file lock; released when the process exits, even on kill -9.
+
+    Re-entrant within one process: `labelloop run` takes it before starting anything, and the
+    scheduler it then starts takes it again."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock, or raise AlreadyRunning naming the process that holds it."""
+        if self._fd is not None:
+            return
+        key = self.path.resolve()
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._fd = _HELD[key][0]
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -44,12 +60,21 @@ class ProjectLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
         self._fd = fd
+        _HELD[key] = [fd, 1]
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        """Give the lock up (the file stays; the last holder in this process unlocks it)."""
+        if self._fd is None:
+            return
+        self._fd = None
+        key = self.path.resolve()
+        fd, holders = _HELD[key]
+        if holders > 1:
+            _HELD[key][1] -= 1
+            return
+        del _HELD[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def tick(ctx: rounds.Context, on_step: Callable[[rounds.Step], None] | None = None) -> list[rounds.Step]:
@@ -80,7 +105,7 @@ class Scheduler:
     def __init__(self, ctx: rounds.Context, on_step: Callable[[rounds.Step], None] | None = None):
         self.ctx = ctx
         self.on_step = on_step
-        self.lock = ProjectLock(ctx.settings.data_dir / "scheduler.lock")
+        self.lock = ProjectLock(ctx.settings.data_dir / LOCK_NAME)
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._mutex = threading.Lock()
         self._last_wait: str | None = None

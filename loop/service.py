@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -20,12 +21,13 @@ from pathlib import Path
 
 import requests
 
-from loop import localstudio
-from loop.config import WEBHOOK_SECRET_HEADER, Settings
+from loop import children, localstudio
+from loop.config import INSTANCE_ENV, WEBHOOK_SECRET_HEADER, Settings
 from loop.errors import ServiceError, StudioError
 from loop.ingest import ingest
 from loop.ledger import Ledger
 from loop.rounds import Context
+from loop.scheduler import LOCK_NAME, ProjectLock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Services:
     local_studio: localstudio.LocalStudio | None = None
     backend: subprocess.Popen | None = None
     stopped: list[str] = field(default_factory=list)
+    lock: ProjectLock | None = None
 
 
 def ensure_pool(settings: Settings, ledger: Ledger) -> dict | None:
@@ -52,16 +55,19 @@ def ensure_pool(settings: Settings, ledger: Ledger) -> dict | None:
     return ingest(ledger, p.path, text_col=p.text_col, reference_col=p.reference_col, group_col=p.group_col)
 
 
-def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, what: str = "service") -> None:
-    """Poll `url` until it answers 200, the process dies, or the deadline passes."""
+def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, what: str = "service",
+              instance: str | None = None) -> None:
+    """Poll `url` until it answers 200, the process dies, or the deadline passes. With `instance`, the
+    answer must carry that nonce: a 200 from another process on the port is not ours being ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise ServiceError(f"{what} exited with code {proc.returncode} before it was ready")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            reply = requests.get(url, timeout=2)
+            if reply.status_code == 200 and (instance is None or reply.json().get("instance") == instance):
                 return
-        except requests.RequestException:
+        except (requests.RequestException, ValueError):
             pass
         time.sleep(0.2)
     raise ServiceError(f"{what} at {url} not ready after {timeout:.0f} s")
@@ -73,18 +79,26 @@ def start_backend(settings: Settings, *, timeout: float = 60) -> tuple[subproces
     effective = data_dir / "effective-settings.json"
     effective.write_text(json.dumps(settings.model_dump(mode="json"), indent=2))  # holds no secrets
     host, port = settings.backend.host, settings.backend.port
+    if localstudio.port_in_use(port):
+        raise ServiceError(
+            f"port {port} on 127.0.0.1 is already in use; the ML backend cannot start there (another labelloop"
+            " started outside this data directory, or another program): stop it or set backend.port"
+        )
     log_path = data_dir / "backend.log"
+    instance = secrets.token_hex(8)  # /health answers it, so that only this child counts as ready
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ml_backend", "--config", str(effective), "--host", host, "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent, env=os.environ.copy(),
+            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, INSTANCE_ENV: instance},
         )
+    children.record(data_dir, "backend", proc.pid, marker="ml_backend")
     url = f"http://{host}:{port}"
     try:
-        wait_http(f"{url}/health", timeout=timeout, proc=proc, what=f"ML backend (log: {log_path})")
+        wait_http(f"{url}/health", timeout=timeout, proc=proc, what=f"ML backend (log: {log_path})", instance=instance)
     except ServiceError:
         _terminate(proc)
+        children.forget(data_dir, "backend")
         raise
     return proc, url
 
@@ -163,11 +177,14 @@ def start(settings: Settings, *, progress: bool = True, with_backend: bool = Tru
     from loop.studio import Studio
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(settings.ledger_path)
-    ensure_pool(settings, ledger)
+    lock = ProjectLock(settings.data_dir / LOCK_NAME)
+    lock.acquire()  # first: a second `run` must be refused before it changes anything
     local = None
     backend = None
     try:
+        children.stop_orphans(settings.data_dir)
+        ledger = Ledger(settings.ledger_path)
+        ensure_pool(settings, ledger)
         if settings.studio.url:
             key = settings.label_studio_api_key
             if key is None:
@@ -177,6 +194,8 @@ def start(settings: Settings, *, progress: bool = True, with_backend: bool = Tru
             studio_url, api_key = settings.studio.url, key.get_secret_value()
         else:
             local = localstudio.start(settings.data_dir / "label-studio", port=settings.studio.port)
+            if local.pid is not None:
+                children.record(settings.data_dir, "label-studio", local.pid, marker="label-studio")
             studio_url, api_key = local.url, local.token
         if with_backend:
             backend, backend_url = start_backend(settings)
@@ -186,19 +205,22 @@ def start(settings: Settings, *, progress: bool = True, with_backend: bool = Tru
         ctx = Context(settings, ledger, Studio(studio_url, api_key), progress=progress)
         connect_project(ctx, backend_url)
     except BaseException:
-        if backend is not None:
-            _terminate(backend)
-        if local is not None:
-            localstudio.stop(local)
+        stop(Services(None, "", "", local, backend, lock=lock))  # type: ignore[arg-type]
         raise
-    return Services(ctx, studio_url, backend_url, local, backend)
+    return Services(ctx, studio_url, backend_url, local, backend, lock=lock)
 
 
 def stop(services: Services) -> None:
-    """Stop the backend, then Label Studio (only what `start` started)."""
+    """Stop the backend, then Label Studio (only what `start` started), then give up the project lock."""
+    data_dir = services.ctx.settings.data_dir if services.ctx is not None else None
     if services.backend is not None:
         _terminate(services.backend)
         services.stopped.append("backend")
     if services.local_studio is not None:
         localstudio.stop(services.local_studio)
         services.stopped.append("label-studio")
+    if data_dir is not None:
+        for name in ("backend", "label-studio"):
+            children.forget(data_dir, name)
+    if services.lock is not None:
+        services.lock.release()

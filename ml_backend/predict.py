@@ -6,8 +6,11 @@ body gets a 400 naming the field.
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, jsonify
 
+from loop.config import INSTANCE_ENV
 from loop.predictions import predictions_for
 from ml_backend.errors import BadRequest, json_body
 from ml_backend.openapi import OPENAPI
@@ -27,8 +30,9 @@ def learner_version() -> str:
 @bp.get("/health")
 @bp.get("/")
 def health() -> Response:
-    """Liveness and the learner's current version."""
-    return jsonify({"status": "UP", "model_class": "labelloop", "model_version": learner_version()})
+    """Liveness, the learner's current version, and the nonce of the run that started this process."""
+    return jsonify({"status": "UP", "model_class": "labelloop", "model_version": learner_version(),
+                    "instance": os.environ.get(INSTANCE_ENV)})
 
 
 @bp.get("/openapi.json")
