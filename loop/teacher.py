@@ -36,10 +36,13 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
-# what a chat model says when it will not do the task; matched at the start of the output
+# What a chat model says when it will not do the task, matched at the start of the output. An apology
+# alone is not a refusal: "I'm sorry, but we should aim for tolerance" is how counter-narratives open.
 REFUSAL = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i (can(no|')t|am unable to|'m unable to|won'?t|will not)"
-    r"( help| assist| comply| do| provide| rewrite| write| fulfil)|as an ai\b|i must decline)",
+    r"^\W*(?:(?:i'?m|i am) sorry|sorry|apologies)?[,.!]?\s*(?:but\s+)?"
+    r"(?:i(?:'m| am)? (?:can(?:no|')t|unable to|won'?t|will not|not able to)"
+    r" (?:help|assist|comply|do|provide|rewrite|write|fulfil|create|generate|respond)\b"
+    r"|as an ai\b|i must decline)",
     re.IGNORECASE,
 )
 
@@ -138,8 +141,11 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", "", text.casefold()).split())
 
 
-def check_output(text: str | None, source: str, *, min_chars: int = 1, max_chars: int = 4000) -> str | None:
-    """Why an output is unusable (empty, too short or long, an echo, a refusal), or None when it is fine."""
+def check_output(
+    text: str | None, source: str, *, min_chars: int = 1, max_chars: int = 4000, refusals: bool = True,
+) -> str | None:
+    """Why an output is unusable (empty, too short or long, an echo, a refusal), or None when it is fine.
+    `refusals=False` for text people wrote (a replayed reference): only a model refuses."""
     if not text or not text.strip():
         return "empty output"
     text = text.strip()
@@ -149,7 +155,7 @@ def check_output(text: str | None, source: str, *, min_chars: int = 1, max_chars
         return f"output longer than {max_chars} characters ({len(text)})"
     if _norm(text) == _norm(source):
         return "output repeats the input"
-    if REFUSAL.search(text):
+    if refusals and REFUSAL.search(text):
         return f"refusal: {text[:60]!r}"
     return None
 
@@ -544,7 +550,8 @@ def _distill(
 
     def store(i: int, answer: Completion) -> None:
         it, key = items[i], prompts[i][1]
-        error = answer.error or check_output(answer.text, it["text"])
+        error = answer.error or check_output(answer.text, it["text"],
+                                             refusals=not isinstance(teacher, ReferenceTeacher))
         rows = [
             {"round_id": round_id, "pool_id": it["pool_id"], "key": key, "model": teacher.name,
              "attempt": a.attempt, "status": a.status, "reason": a.reason, "prompt_tokens": a.prompt_tokens,

@@ -336,3 +336,30 @@ def test_settings_reach_the_teacher_and_prices_come_from_the_environment(monkeyp
     assert t.cost(1_000_000, 1_000_000) == pytest.approx(4.5)  # priced by the prefix "my-model"
     assert teacher.OpenAITeacher(model="unknown", api_key="k").cost(10**6, 10**6) == 0.0
     assert SECRET not in repr(t)
+
+
+REFUSALS = {
+    "I'm sorry, but we should aim for tolerance and respect.": None,  # how counter-narratives open
+    "I'm sorry you feel that way; most immigrants work and pay taxes.": None,
+    "Sorry, but that's not true: studies show otherwise.": None,
+    "I can't believe people still say this; it is false.": None,
+    "I'm sorry, but I can't help with that.": "refusal",
+    "Sorry, I can't assist with that.": "refusal",
+    "I cannot help with this request.": "refusal",
+    "I am unable to rewrite this text.": "refusal",
+    "Apologies, but I cannot comply.": "refusal",
+    "As an AI, I will not write this.": "refusal",
+    "I must decline.": "refusal",
+}
+
+
+@pytest.mark.parametrize(("output", "verdict"), REFUSALS.items(), ids=range(len(REFUSALS)))
+def test_an_apology_is_not_a_refusal_but_a_refusal_is(output, verdict):
+    reason = teacher.check_output(output, "immigrants are criminals")
+    assert (reason or "").split(":")[0] == (verdict or "")
+
+
+def test_a_replayed_human_reference_is_never_judged_a_refusal(ledger):
+    batch = [{"pool_id": 1, "text": "they are all lazy", "reference": "I'm sorry, but I can't agree: most work hard."}]
+    result = teacher.distill(ledger, teacher.ReferenceTeacher(), teacher.load_template("counter_narration"), batch)
+    assert result[1].error is None and result[1].text.startswith("I'm sorry, but I can't agree")
