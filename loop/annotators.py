@@ -60,16 +60,19 @@ def annotate_pending(
 
 def verify_until_done(
     ctx: Context, rounds: int, *, timeout: float, seed: int = 0, on_annotated: Callable[[], None] | None = None,
-    poll_seconds: float = 1.0,
+    poll_seconds: float = 1.0, stopped: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Play the annotation team until `rounds` rounds are done (the scheduler advances them meanwhile);
-    `on_annotated` is called after each batch of verifications, e.g. to run the scheduler at once.
+    `on_annotated` is called after each batch of verifications, e.g. to run the scheduler at once;
+    a non-None `stopped()` (the scheduler's permanent error) ends the wait at once.
 
     Raises LabelloopError when the rounds are not done within `timeout` seconds."""
     rng = np.random.default_rng(seed)
     annotated: set[int] = set()
     deadline = time.monotonic() + timeout
     while sum(r["state"] == "done" for r in ctx.ledger.rounds()) < rounds:
+        if stopped() is not None:
+            return
         if time.monotonic() >= deadline:
             raise LabelloopError(f"demo: {rounds} rounds did not complete within {timeout:.0f} s")
         if annotate_pending(ctx, rng, done=annotated) and on_annotated is not None:

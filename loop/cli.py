@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -222,10 +221,13 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_
         console.print(f"ledger        {settings.ledger_path}")
         console.print("Ctrl-C stops everything; the next run resumes where the ledger says it was.")
         if demo_rounds is None:
-            while True:
-                time.sleep(3600)
-        annotators.verify_until_done(ctx, demo_rounds, timeout=timeout, seed=settings.select.seed,
-                                     on_annotated=scheduler.poke)
+            while not scheduler.done.wait(1.0):  # until a permanent error, Ctrl-C or SIGTERM
+                pass
+        else:
+            annotators.verify_until_done(ctx, demo_rounds, timeout=timeout, seed=settings.select.seed,
+                                         on_annotated=scheduler.poke, stopped=lambda: scheduler.stopped_with)
+        if scheduler.stopped_with is not None:
+            raise LabelloopError(f"stopped: {scheduler.stopped_with}")
         scheduler.stop()
         print_status(settings, ctx.ledger)
         console.print(f"demo: {demo_rounds} rounds done")

@@ -4,16 +4,21 @@ A `LabelloopError` is a message for a person: it names what was wrong and where 
 HTTP status) and, where there is one, what to do. The CLI's `main` catches the root once and prints
 the message without a traceback; anything else is a bug and keeps its traceback.
 
-The tree (the second base, where there is one, keeps older `except ValueError` callers working)::
+A `PermanentError` is one that waiting cannot fix (a wrong setting, a model that cannot be loaded):
+the scheduler stops the run with it at once instead of retrying; everything else is retried with
+backoff. The tree (the second base, where there is one, keeps older `except ValueError` callers
+working)::
 
     LabelloopError
-    ├── ConfigError (ValueError)          a settings file or variable is wrong
+    ├── PermanentError                    retrying cannot fix it: the run stops with the cause and the fix
+    │   ├── ConfigError (ValueError)      a settings file or variable is wrong
+    │   ├── TemplateError (ValueError)    a teacher prompt template is malformed
+    │   ├── TeacherError (RuntimeError)   the teacher cannot be set up (e.g. no API key)
+    │   ├── LearnerError (RuntimeError)   the learner's model cannot be loaded (offline, a wrong path)
+    │   └── VersionError (ValueError)     a learner version cannot be used (unknown, pruned, missing)
     ├── IngestError (ValueError)          a pool file cannot be read; nothing was stored
-    ├── TemplateError (ValueError)        a teacher prompt template is malformed
-    ├── TeacherError (RuntimeError)       the teacher cannot be set up (e.g. no API key)
     ├── ExportError (ValueError)          an export cannot be written as asked
     ├── SimulateError (ValueError)        `simulate` was given options it cannot use
-    ├── VersionError (ValueError)         a learner version cannot be used (unknown, pruned, missing)
     ├── LedgerError
     │   ├── NotFound (LookupError)        a `get_*` lookup found no row
     │   └── StaleState (RuntimeError)     a state change lost a race (the row moved on meanwhile)
@@ -30,7 +35,11 @@ class LabelloopError(Exception):
     """The root: an error whose message is meant for the person running labelloop."""
 
 
-class ConfigError(LabelloopError, ValueError):
+class PermanentError(LabelloopError):
+    """A failure that retrying cannot fix; the message says the cause and the fix."""
+
+
+class ConfigError(PermanentError, ValueError):
     """Settings that cannot be used; the message names the file and field."""
 
 
@@ -38,11 +47,11 @@ class IngestError(LabelloopError, ValueError):
     """A pool file that cannot be ingested; the message names file, line and column."""
 
 
-class TemplateError(LabelloopError, ValueError):
+class TemplateError(PermanentError, ValueError):
     """A teacher prompt template that cannot be used; the message names the file."""
 
 
-class TeacherError(LabelloopError, RuntimeError):
+class TeacherError(PermanentError, RuntimeError):
     """The teacher cannot be set up as configured (a missing key, an unknown kind)."""
 
 
@@ -54,8 +63,12 @@ class SimulateError(LabelloopError, ValueError):
     """Options `simulate` cannot run with; the message names the flag."""
 
 
-class VersionError(LabelloopError, ValueError):
+class VersionError(PermanentError, ValueError):
     """A learner version that cannot be used; the message lists the known ones."""
+
+
+class LearnerError(PermanentError, RuntimeError):
+    """The learner's model cannot be loaded: not a local checkpoint, and not downloadable from here."""
 
 
 class LedgerError(LabelloopError):
@@ -97,3 +110,8 @@ class ServiceError(LabelloopError, RuntimeError):
 
 class AlreadyRunning(LabelloopError, RuntimeError):
     """Another scheduler holds this project's lock."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying cannot help: a PermanentError, or Label Studio refusing our credentials."""
+    return isinstance(exc, PermanentError) or (isinstance(exc, StudioError) and exc.status in (401, 403))

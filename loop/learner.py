@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from loop.checkpoint import identity
+from loop.errors import LearnerError
 from loop.runtime import generate_batches
 from loop.vocab import RUNTIMES
 
@@ -38,6 +39,12 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _offline(exc: BaseException) -> bool:
+    """Whether a loading error says the hub could not be reached (rather than: no such model)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("couldn't connect", "connection", "offline", "resolve", "timed out"))
+
+
 def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (once per process, cached) any HF seq2seq name or local path; eval mode."""
     key, stamp = identity(model)
@@ -46,8 +53,19 @@ def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if hit is not None and hit[0] == stamp:
             return hit[1], hit[2]
         local = Path(key).is_dir()
-        tokenizer = AutoTokenizer.from_pretrained(key, local_files_only=local)
-        net = AutoModelForSeq2SeqLM.from_pretrained(key, local_files_only=local)
+        if not local and (Path(key).is_absolute() or key.startswith((".", "~")) or Path(key).exists()):
+            raise LearnerError(f"learner model {key!r}: no checkpoint directory there; give the path of a"
+                               " directory holding config.json and the weights, or a Hugging Face model name")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(key, local_files_only=local)
+            net = AutoModelForSeq2SeqLM.from_pretrained(key, local_files_only=local)
+        except OSError as exc:  # transformers' way of saying: not on disk, not on the hub, or hub unreachable
+            why = "the Hugging Face hub cannot be reached" if _offline(exc) else "the hub has no such model"
+            raise LearnerError(
+                f"learner model {key!r} cannot be loaded: it is not a local checkpoint directory and {why};"
+                " set learner.base_model to a local checkpoint (`make install` builds models/starter) or allow"
+                f" network access ({str(exc).splitlines()[0][:160]})"
+            ) from None
         net.to(_device()).eval()
         _CACHE[key] = (stamp, net, tokenizer)  # a rewritten directory replaces its stale entry
         return net, tokenizer

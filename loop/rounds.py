@@ -33,13 +33,14 @@ if TYPE_CHECKING:  # the type only: loop.rounds loads without the SDK
 
 log = logging.getLogger(__name__)
 
-StepKind = Literal["moved", "waiting", "idle", "error"]
+StepKind = Literal["moved", "waiting", "idle", "error", "stopped"]
 
 
 @dataclass(frozen=True)
 class Step:
     """What one call of `advance` did: a step of the state machine (`moved`), nothing until annotators
-    finish (`waiting`), nothing left to do (`idle`), or a failure the scheduler recorded (`error`).
+    finish (`waiting`), nothing left to do (`idle`), a failure the scheduler recorded and will retry
+    (`error`), or one retrying cannot fix (`stopped`: the run ends with it).
     `message` is the line for people; callers branch on `kind`, never on the text."""
 
     kind: StepKind
@@ -50,7 +51,7 @@ class Step:
     @property
     def settled(self) -> bool:
         """True when the loop cannot go on before something outside changes (annotators, the pool)."""
-        return self.kind in ("waiting", "idle", "error")
+        return self.kind in ("waiting", "idle", "error", "stopped")
 
     def __str__(self) -> str:
         return self.message

@@ -18,7 +18,10 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from loop import rounds
-from loop.errors import AlreadyRunning  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.errors import (
+    AlreadyRunning,  # noqa: F401 (re-exported: callers catch it from here too)
+    is_permanent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +85,14 @@ def tick(ctx: rounds.Context, on_step: Callable[[rounds.Step], None] | None = No
     retried at the next tick."""
     try:
         steps = rounds.run_until_waiting(ctx)
-    except Exception as exc:  # the next tick retries from the persisted state
+    except Exception as exc:  # the next tick retries from the persisted state, unless retrying cannot help
         current = ctx.ledger.find_current_round()
         message = f"{type(exc).__name__}: {exc}"
         if current is not None:
             ctx.ledger.set_round_error(current["id"], message)
         log.debug("round step failed", exc_info=True)
-        return [rounds.Step("error", f"error: {message}", current["id"] if current else None,
+        kind = "stopped" if is_permanent(exc) else "error"
+        return [rounds.Step(kind, f"{kind}: {message}", current["id"] if current else None,
                             current["state"] if current else None)]
     current = ctx.ledger.find_current_round()
     if current is not None and current["error"]:
@@ -111,6 +115,8 @@ class Scheduler:
         self._last_wait: str | None = None
         self.failures = 0
         self._resume_at = 0.0
+        self.stopped_with: str | None = None  # the permanent error that ended this run
+        self.done = threading.Event()  # set when the run cannot go on (see stopped_with)
 
     def _run(self) -> None:
         if time.monotonic() < self._resume_at:  # backing off after failures
@@ -118,6 +124,12 @@ class Scheduler:
         with self._mutex:
             steps = tick(self.ctx, self.on_step)
         last = steps[-1] if steps else None
+        if last is not None and last.kind == "stopped":
+            self.stopped_with = last.message.removeprefix("stopped: ")
+            log.error("%s; retrying cannot fix this: the run stops", last)
+            self._scheduler.pause()
+            self.done.set()
+            return
         if last is not None and last.kind == "error":
             self.failures += 1
             s = self.ctx.settings.scheduler

@@ -161,3 +161,19 @@ def test_fine_tune_with_dev_pairs_saves_the_best_epoch(tiny_model, pairs, tmp_pa
     assert learner.evaluate_loss(str(tmp_path / "ft"), pairs[16:]) == pytest.approx(metrics["dev_loss"], rel=1e-5)
     with pytest.raises(ValueError, match="patience"):
         learner.fine_tune(str(tiny_model), pairs[:4], tmp_path / "x", dev_pairs=pairs[4:8], patience=0)
+
+
+def test_a_hub_model_that_cannot_be_downloaded_is_a_permanent_error_naming_the_fix():
+    import os
+    import subprocess
+    import sys
+
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported: a fresh process sees what a machine with no
+    # network sees, without waiting for the hub client's retries
+    code = ("from loop import learner\nfrom loop.errors import LearnerError, is_permanent\n"
+            "try:\n    learner.load('google/flan-t5-base')\n"
+            "except LearnerError as exc:\n    print(is_permanent(exc), exc)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.stdout.startswith("True learner model 'google/flan-t5-base' cannot be loaded: "), run.stderr[-800:]
+    assert "hub cannot be reached; set learner.base_model to a local checkpoint" in run.stdout

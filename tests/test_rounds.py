@@ -198,3 +198,31 @@ def test_a_lost_project_is_not_replaced_once_rounds_were_imported_into_it(ctx):
     with pytest.raises(ServiceError, match=f"set studio.project_id = {ctx.project_id}"):
         connect_project(rounds.Context(ctx.settings, ctx.ledger, ctx.studio), "http://127.0.0.1:9")
     assert len(ctx.ledger.verifications()) == 0 and ctx.ledger.get_round(1)["project_id"] == ctx.project_id
+
+
+def test_a_permanent_error_stops_the_run_at_once_with_its_cause(ctx, tmp_path):
+    """A learner that cannot be loaded is not retried tick after tick: the run stops, saying why and what to do."""
+    from loop.scheduler import Scheduler, tick
+
+    ctx.settings.learner.base_model = str(tmp_path / "no-such-checkpoint")
+    step = tick(ctx)[-1]
+    assert step.kind == "stopped" and step.settled
+    assert "no checkpoint directory there" in step.message and "give the path of a directory" in step.message
+    scheduler = Scheduler(ctx)
+    scheduler.start()
+    try:
+        assert scheduler.done.wait(60), "the scheduler did not stop on a permanent error"
+    finally:
+        scheduler.stop()
+    assert "LearnerError: learner model" in scheduler.stopped_with and scheduler.failures == 0
+    assert ctx.ledger.rounds() == []  # nothing was selected, nothing half-done
+
+
+def test_a_transient_error_is_retried(ctx):
+    from loop.scheduler import tick
+
+    settle(ctx)
+    annotate_all(ctx, 1)
+    ctx.studio.fail_next("annotations_for_tasks")  # a 503: the next tick retries
+    assert tick(ctx)[-1].kind == "error"
+    assert [s.kind for s in tick(ctx)][-1] == "waiting"
