@@ -330,12 +330,14 @@ def rollback(config: str | None, version: str) -> None:
 @click.option("--all-verdicts", is_flag=True, help="Include rejected items too (their target is empty).")
 @click.option("--split", default=None, help="Train/dev/test fractions, e.g. 0.8,0.1,0.1 (or train/test: 0.9,0.1).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split (a seeded hash of each item's id).")
+@click.option("--allow-empty-splits", is_flag=True,
+              help="Write a split that received no record instead of refusing (with few verified items).")
 @click.option("--from-studio", is_flag=True,
               help="Read the annotations straight from the Label Studio project (studio.url, studio.project_id,"
                    " LABEL_STUDIO_API_KEY) instead of the ledger.")
 @click.pass_obj
 def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], verdicts: tuple[str, ...],
-               all_verdicts: bool, split: str | None, seed: int, from_studio: bool) -> None:
+               all_verdicts: bool, split: str | None, seed: int, allow_empty_splits: bool, from_studio: bool) -> None:
     """Export the verified dataset with provenance; the same ledger always gives byte-identical files.
 
     \b
@@ -353,7 +355,7 @@ def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], 
         records = _studio_records(settings, rounds, chosen)
     else:
         records = export.from_ledger(_ledger_or_fail(settings), rounds=list(rounds) or None, verdicts=chosen)
-    data = export.assign_splits(records, ratios, seed) if ratios else records
+    data = export.assign_splits(records, ratios, seed, allow_empty=allow_empty_splits) if ratios else records
     paths = export.write(data, out, fmt)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items()) if isinstance(data, dict) else f"{len(records)}"
     console.print(f"exported {sizes} records as {fmt} to {', '.join(str(p) for p in paths)}")

@@ -13,13 +13,16 @@ import csv
 import hashlib
 import io
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from loop.errors import ExportError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.errors import ExportError
 from loop.ledger import Ledger
 from loop.status import anonymise
 from loop.vocab import VERDICTS
@@ -136,9 +139,14 @@ def parse_split(text: str) -> dict[str, float]:
     return dict(zip(names, parts, strict=True))
 
 
-def assign_splits(records: list[dict], ratios: dict[str, float], seed: int) -> dict[str, list[dict]]:
+def assign_splits(records: list[dict], ratios: dict[str, float], seed: int, *,
+                  allow_empty: bool = False) -> dict[str, list[dict]]:
     """Split records by a seeded hash of their id: deterministic, and an item keeps its split when later
-    rounds add records (no test item ever moves into train)."""
+    rounds add records (no test item ever moves into train).
+
+    A split given a share above 0 that receives no record is refused (ExportError) unless
+    `allow_empty`: filling it by moving records would break that stability. A share of 0 is a split
+    asked to be empty."""
     out: dict[str, list[dict]] = {name: [] for name in ratios}
     for rec in records:
         digest = hashlib.sha256(f"{seed}\x00{rec['id']}".encode()).digest()
@@ -150,6 +158,13 @@ def assign_splits(records: list[dict], ratios: dict[str, float], seed: int) -> d
                 chosen = name
                 break
         out[chosen].append(rec)
+    empty = [name for name, share in ratios.items() if share > 0 and not out[name]]
+    if empty and not allow_empty:
+        shares = ",".join(f"{share:g}" for share in ratios.values())
+        raise ExportError(
+            f"--split {shares} over {len(records)} record(s) leaves {', '.join(repr(n) for n in empty)} empty;"
+            " export when more items are verified, use fewer splits (e.g. 0.9,0.1), or pass --allow-empty-splits"
+        )
     return out
 
 
@@ -160,19 +175,25 @@ def _arrow_schema():
 
 
 def _write_file(records: list[dict], path: Path, fmt: str) -> None:
-    if fmt == "jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    elif fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(FIELDS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        path.write_text(buf.getvalue(), encoding="utf-8")
-    elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    """One file, written to a temporary sibling and renamed: a reader never sees half an export."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == "jsonl":
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        elif fmt == "csv":
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(FIELDS), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+            tmp.write_text(buf.getvalue(), encoding="utf-8")
+        elif fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(records, schema=_arrow_schema()), path)
+            pq.write_table(pa.Table.from_pylist(records, schema=_arrow_schema()), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _hf_dataset(records: list[dict]):
@@ -180,7 +201,28 @@ def _hf_dataset(records: list[dict]):
 
     datasets.disable_progress_bars()  # a bar per shard per split is noise in an export
     features = datasets.Features({name: datasets.Value(kind) for name, kind in FIELDS.items()})
+    if not records:  # an empty split still has the schema (from_list/from_dict cannot save an empty one)
+        import pyarrow as pa
+
+        return datasets.Dataset(pa.Table.from_pylist([], schema=_arrow_schema()))
     return datasets.Dataset.from_list(records, features=features)
+
+
+def _save_hf(dataset: Any, out: Path) -> None:
+    """save_to_disk into a temporary sibling, then move it into place: a failed export leaves no half directory."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        # one shard per split at least: an empty split saved with none cannot be loaded again
+        shards = {name: 1 for name in dataset} if isinstance(dataset, dict) else 1
+        dataset.save_to_disk(str(tmp), num_shards=shards)
+        if out.exists():
+            a_dataset = (out / "dataset_dict.json").exists() or (out / "dataset_info.json").exists()
+            if any(out.iterdir()) and not a_dataset:
+                raise ExportError(f"{out}: a directory that holds something other than a dataset; give a new path")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write(records: list[dict] | dict[str, list[dict]], out: str | Path, fmt: str) -> list[Path]:
@@ -194,12 +236,13 @@ def write(records: list[dict] | dict[str, list[dict]], out: str | Path, fmt: str
     if isinstance(records, dict):
         if out.exists() and not out.is_dir():
             raise ExportError(f"{out}: a split export writes a directory, and this is a file")
-        out.mkdir(parents=True, exist_ok=True)
         if fmt == "hf":
             import datasets
 
-            datasets.DatasetDict({n: _hf_dataset(rs) for n, rs in records.items()}).save_to_disk(str(out))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _save_hf(datasets.DatasetDict({n: _hf_dataset(rs) for n, rs in records.items()}), out)
             return [out]
+        out.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, rs in records.items():
             _write_file(rs, out / f"{name}.{fmt}", fmt)
@@ -208,7 +251,8 @@ def write(records: list[dict] | dict[str, list[dict]], out: str | Path, fmt: str
     if fmt == "hf":
         if out.exists() and not out.is_dir():
             raise ExportError(f"{out}: an hf export writes a directory, and this is a file")
-        _hf_dataset(records).save_to_disk(str(out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _save_hf(_hf_dataset(records), out)
         return [out]
     if out.is_dir():
         raise ExportError(f"{out} is a directory; give a file path such as {out / ('dataset.' + fmt)}")

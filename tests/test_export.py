@@ -164,3 +164,40 @@ def test_export_reads_straight_from_a_label_studio_project(studio, tmp_path):
     assert synced["r1-p3"].lead_time == 1.0 and synced["r1-p3"].created_at
     [path] = export.write(records, tmp_path / "from_studio.parquet", "parquet")
     assert read_back(path, "parquet") == records
+
+
+def test_a_split_that_would_be_empty_is_refused_or_written_empty_when_asked(ledger, tmp_path):
+    """The README's own example over a few records: a clear refusal, not a traceback and an empty directory."""
+    records = export.from_ledger(ledger)[:2]
+    ratios = export.parse_split("0.8,0.1,0.1")
+    with pytest.raises(export.ExportError, match=r"--split 0.8,0.1,0.1 over 2 record\(s\) leaves .* empty; export"
+                                                 r" when more items are verified"):
+        export.assign_splits(records, ratios, seed=13)
+    splits = export.assign_splits(records, ratios, seed=13, allow_empty=True)
+    assert sum(len(part) for part in splits.values()) == 2 and any(not part for part in splits.values())
+    out = tmp_path / "exports" / "hf"
+    assert export.write(splits, out, "hf") == [out]
+    import datasets
+
+    loaded = datasets.load_from_disk(str(out))
+    assert {name: len(loaded[name]) for name in loaded} == {name: len(part) for name, part in splits.items()}
+    assert [p.name for p in out.parent.iterdir()] == ["hf"]  # no temporary directory left
+
+
+def test_a_failed_export_leaves_no_half_written_directory(ledger, tmp_path):
+    out = tmp_path / "exports" / "mine"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("not a dataset")
+    with pytest.raises(export.ExportError, match="holds something other than a dataset"):
+        export.write(export.from_ledger(ledger), out, "hf")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and [p.name for p in out.parent.iterdir()] == ["mine"]
+
+
+def test_the_cli_refuses_an_empty_split_in_one_line(ledger, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(ledger.path.parent))
+    args = ["export", "--format", "hf", "-o", str(tmp_path / "hf"), "--split", "0.8,0.1,0.1", "--round", "1"]
+    result = CliRunner().invoke(main, args)
+    if result.exit_code == 0:  # round 1 happens to fill every split: then asking for more splits must refuse
+        result = CliRunner().invoke(main, [*args[:-4], "--split", "0.98,0.01,0.01", "--round", "1"])
+    assert result.exit_code == 1 and "leaves" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "hf").exists()
