@@ -93,7 +93,7 @@ def predictions_for(ledger: Ledger, tasks: list[dict], *, live: LiveTeacher) -> 
             misses.append(position)
     if misses:
         teacher, template = live()
-        version = f"{teacher.name}|{template.name}@{template.version}"
+        version = teacher_mod.provenance(teacher, template)
         asked: list[int] = []
         items: list[dict] = []
         for position in misses:

@@ -227,7 +227,7 @@ def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
         log.info("round %d: %d failed items topped up from their clusters", round_id, len(new))
         added = {it["pool_id"] for it in new}
         todo = [b for b in ledger.batch(round_id) if b["pool_id"] in added]
-    ledger.set_meta(f"round:{round_id}:model_version", f"{t.name}|{template.name}@{template.version}")
+    ledger.set_meta(f"round:{round_id}:model_version", teacher.provenance(t, template))
     progress = ledger.round_progress(round_id)
     usage = ledger.teacher_usage(round_id)
     return {"distilled": progress["distilled"], "failed": progress["failed"],

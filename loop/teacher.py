@@ -470,6 +470,14 @@ class ReferenceTeacher:
 Teacher = OpenAITeacher | ReferenceTeacher
 
 
+def provenance(teacher: Teacher, template: Template) -> str:
+    """What wrote a round's drafts, as exports report it: "model|template@version" for a model, plain
+    "reference" for a replayed reference column (people wrote it; no template was involved)."""
+    if isinstance(teacher, ReferenceTeacher):
+        return teacher.name
+    return f"{teacher.name}|{template.name}@{template.version}"
+
+
 def from_settings(settings: Settings, *, progress: bool = False) -> Teacher:
     """The configured teacher: the OpenAI-compatible client when a key is set, else the reference column."""
     if settings.teacher_kind() == "openai":

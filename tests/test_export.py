@@ -201,3 +201,13 @@ def test_the_cli_refuses_an_empty_split_in_one_line(ledger, tmp_path, monkeypatc
         result = CliRunner().invoke(main, [*args[:-4], "--split", "0.98,0.01,0.01", "--round", "1"])
     assert result.exit_code == 1 and "leaves" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "hf").exists()
+
+
+def test_replayed_references_are_not_credited_to_a_template():
+    from loop import teacher
+
+    template = teacher.load_template("counter_narration")
+    assert teacher.provenance(teacher.ReferenceTeacher(), template) == "reference"
+    assert export.split_teacher("reference") == ("reference", None)
+    model = teacher.OpenAITeacher(model="gpt-test", api_key="k")
+    assert teacher.provenance(model, template) == f"gpt-test|counter_narration@{template.version}"
