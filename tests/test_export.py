@@ -210,4 +210,4 @@ def test_replayed_references_are_not_credited_to_a_template():
     assert teacher.provenance(teacher.ReferenceTeacher(), template) == "reference"
     assert export.split_teacher("reference") == ("reference", None)
     model = teacher.OpenAITeacher(model="gpt-test", api_key="k")
-    assert teacher.provenance(model, template) == f"gpt-test|counter_narration@{template.version}"
+    assert teacher.provenance(model, template) == f"openai:gpt-test|counter_narration@{template.version}"
