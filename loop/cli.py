@@ -91,9 +91,11 @@ def init(config: str | None) -> None:
 @click.option("--text-col", default=None, help="Column with the text to label (default: pool.text_col).")
 @click.option("--reference-col", default=None, help="Column with a reference output (optional).")
 @click.option("--group-col", default=None, help="Column with a subgroup label (optional).")
+@click.option("--encoding", default=None,
+              help="The file's text encoding, e.g. cp1252 or latin-1 (default: pool.encoding, else UTF-8 or its BOM).")
 @click.pass_obj
 def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_col: str | None,
-               group_col: str | None) -> None:
+               group_col: str | None, encoding: str | None) -> None:
     """Add a CSV, TSV, JSONL or Parquet file to the pool; all rows or none.
 
     \b
@@ -105,7 +107,8 @@ def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_co
     p = settings.pool
     try:
         counts = ingest(ledger, path, text_col=text_col or p.text_col,
-                        reference_col=reference_col or p.reference_col, group_col=group_col or p.group_col)
+                        reference_col=reference_col or p.reference_col, group_col=group_col or p.group_col,
+                        encoding=encoding or p.encoding)
     except IngestError as exc:  # all rows or none: say so, since a partial store is what people fear
         raise IngestError(f"{exc} (nothing was stored)") from None
     console.print(f"{path}: read {counts['read']}, added {counts['added']}, duplicates {counts['duplicates']}")

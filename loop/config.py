@@ -34,6 +34,7 @@ class PoolSettings(_Section):
     text_col: str = "text"
     reference_col: str | None = "reference"
     group_col: str | None = None
+    encoding: str | None = Field(None, description="the pool file's text encoding; None: UTF-8, or what its BOM says")
 
 
 class EmbedSettings(_Section):

@@ -52,7 +52,8 @@ def ensure_pool(settings: Settings, ledger: Ledger) -> dict | None:
     if ledger.pool_count():
         return None
     p = settings.pool
-    return ingest(ledger, p.path, text_col=p.text_col, reference_col=p.reference_col, group_col=p.group_col)
+    return ingest(ledger, p.path, text_col=p.text_col, reference_col=p.reference_col, group_col=p.group_col,
+                  encoding=p.encoding)
 
 
 def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, what: str = "service",
