@@ -23,6 +23,7 @@ working)::
     │   ├── NotFound (LookupError)        a `get_*` lookup found no row
     │   └── StaleState (RuntimeError)     a state change lost a race (the row moved on meanwhile)
     ├── StudioError (RuntimeError)        a Label Studio call failed (HTTP status, never the key)
+    │   └── ImportOutcomeUnknown          an import whose answer never came: await its tasks, never repeat it
     ├── LocalStudioError (RuntimeError)   the bundled Label Studio could not be started
     ├── ServiceError (RuntimeError)       the backend or the project could not be set up
     └── AlreadyRunning (RuntimeError)     another scheduler holds this project's lock
@@ -98,6 +99,12 @@ class StudioError(LabelloopError, RuntimeError):
         self.detail = detail
         where = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"Label Studio: {what} failed ({where}){': ' + detail if detail else ''}")
+
+
+class ImportOutcomeUnknown(StudioError):
+    """A bulk import whose answer never came (timeout, lost connection, 5xx): Label Studio may have
+    committed it or may still commit it (it retries a request that met a SQLite lock for about 15
+    minutes, longer than the client waits), so its keys must be awaited before anything is imported again."""
 
 
 class LocalStudioError(LabelloopError, RuntimeError):

@@ -22,7 +22,7 @@ from loop import cluster as cluster_mod
 from loop import embed as embed_mod
 from loop import teacher
 from loop.config import Settings
-from loop.errors import LabelloopError
+from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
 from loop.scorer import build_scorer, score_texts
 from loop.select import STRATEGIES
@@ -234,8 +234,59 @@ def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
             "topped_up": len(ledger.topups(round_id)), "cost": usage["cost"]}
 
 
+# An import whose answer never came may still be committed by Label Studio: its SQLite-lock middleware
+# retries a request 15 times, 1 s x 1.5^n apart (about 875 s), past the client's 600 s import timeout.
+IMPORT_SETTLE_S = 960.0  # after sending such an import, how long its keys are awaited before importing again
+IMPORT_WAIT_S = 60.0  # how long one tick polls for them before handing back to the scheduler
+IMPORT_POLL_S = 2.0  # between two looks
+
+
+def _unsettled_meta(round_id: int) -> str:
+    return f"round:{round_id}:import_unsettled"
+
+
+def _await_unsettled_import(ctx: Context, round_id: int, keys: set[str]) -> None:
+    """Before importing after an import whose answer never came: poll until its keys are all in the
+    project (up to IMPORT_WAIT_S in this tick); raise ImportOutcomeUnknown, importing nothing, while
+    Label Studio may still commit it (IMPORT_SETTLE_S after it was sent); go on once it cannot."""
+
+    marker = ctx.ledger.find_meta(_unsettled_meta(round_id))
+    if marker is None or not keys or ctx.studio is None or ctx.project_id is None:
+        return
+    project, sent = marker.split("@")
+    if int(project) != ctx.project_id:  # sent to a project no longer in use: nothing to await there
+        return
+    settle_by = float(sent) + IMPORT_SETTLE_S
+    wait_until = min(settle_by, time.time() + IMPORT_WAIT_S)
+    while True:
+        missing = keys - set(ctx.studio.existing_keys(ctx.project_id))
+        if not missing:
+            log.info("round %d: the import whose answer was lost has been committed", round_id)
+            return
+        now = time.time()
+        if now >= settle_by:
+            log.warning("round %d: %d tasks of an import whose answer was lost never appeared; importing them",
+                        round_id, len(missing))
+            return
+        if now >= wait_until:
+            until = time.strftime("%H:%M:%S", time.localtime(settle_by))
+            raise ImportOutcomeUnknown(
+                f"import round {round_id} into project {ctx.project_id}", None,
+                f"awaiting an earlier import whose answer was lost: {len(missing)} of its {len(keys)} tasks are not"
+                f" in the project yet, and Label Studio may still commit it until {until}; nothing is imported"
+                " again before")
+        time.sleep(min(IMPORT_POLL_S, wait_until - now))  # poll interval; the deadline is checked above
+
+
 def import_round(ctx: Context, round_id: int) -> int:
-    """Import the round's distilled items into Label Studio with their drafts as predictions."""
+    """Import the round's distilled items into Label Studio with their drafts as predictions.
+
+    Safe to repeat: `import_batch` skips keys the project has, deletes duplicate copies of a key and
+    re-attaches missing predictions, so every item ends with one task that shows its draft. An import
+    whose answer never came is remembered in the ledger, and the next attempt awaits its keys before
+    importing anything (`_await_unsettled_import`): Label Studio may still commit it.
+    """
+
     if ctx.studio is None or ctx.project_id is None:
         raise LabelloopError("no Label Studio project connected")
     batch = [b for b in ctx.ledger.batch(round_id) if b["draft"]]
@@ -245,16 +296,41 @@ def import_round(ctx: Context, round_id: int) -> int:
          "meta": {"round": round_id, "cluster": b["cluster"]}}
         for b in batch
     ]
-    ids = ctx.studio.import_batch(ctx.project_id, items, model_version=model_version)
+    ctx.ledger.set_round_project(round_id, ctx.project_id)
+    _await_unsettled_import(ctx, round_id, {it["key"] for it in items})
+    try:
+        ids = ctx.studio.import_batch(ctx.project_id, items, model_version=model_version)
+    except ImportOutcomeUnknown:
+        ctx.ledger.set_meta(_unsettled_meta(round_id), f"{ctx.project_id}@{time.time()}")
+        raise
+    ctx.ledger.set_meta(_unsettled_meta(round_id), None)
     ctx.ledger.set_task_ids(round_id, {b["pool_id"]: ids[task_key(round_id, b["pool_id"])] for b in batch})
     return len(ids)
+
+
+def _withdraw_confirmed(ledger: Ledger, studio: Studio, project_id: int, present: set[int],
+                        task_ids: list[int] | None) -> int:
+    """Withdraw the verifications of the project's rounds (on `task_ids` if given) missing from a
+    listing that found `present`, once Label Studio confirms their annotations are gone; returns how many."""
+    missing = ledger.absent_verifications(present, task_ids, project_id=project_id)
+    if not missing:
+        return 0
+    gone = studio.gone_annotations(missing)
+    kept = sorted(set(missing) - gone)
+    if kept:
+        log.warning("%d annotations missing from the listing of project %s still exist in Label Studio (an"
+                    " incomplete listing?); their verifications stay: %s", len(kept), project_id, kept[:20])
+    return ledger.withdraw_annotations(gone)
 
 
 def sync_verifications(ctx: Context, *, full: bool = True) -> int:
     """Bring the ledger's verifications in line with Label Studio (idempotent); returns changes.
 
     `full` reads every annotated task (the periodic reconciliation that catches lost webhooks and
-    deletions); otherwise only the tasks named by pending webhook events are read.
+    deletions); otherwise only the tasks named by pending webhook events are read. A verification is
+    withdrawn only if its round was imported into the project read (another project's, say one Label
+    Studio lost, is not this listing's to judge) and Label Studio confirms its annotation is gone: a
+    listing that misses it may be incomplete, so the absence is only a reason to ask.
     """
     if ctx.studio is None or ctx.project_id is None:
         return 0
@@ -280,7 +356,7 @@ def sync_verifications(ctx: Context, *, full: bool = True) -> int:
              "lead_time": ann.lead_time, "created_at": ann.created_at}
         )
     changed = ledger.record_verifications(rows)
-    changed += ledger.withdraw_verifications({a.annotation_id for a in annotations}, scope)
+    changed += _withdraw_confirmed(ledger, ctx.studio, ctx.project_id, {a.annotation_id for a in annotations}, scope)
     ledger.mark_events_processed(up_to)
     if full:
         ledger.set_meta("last_full_sync", str(time.time()))
@@ -358,6 +434,8 @@ def advance(ctx: Context) -> Step:
         ledger.set_round_state(round_id, "imported", expect="distilled", project_id=ctx.project_id)
         return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")
     if state in ("imported", "verifying"):
+        if state == "imported":  # a round left here by a crash: every task gets its draft (imports nothing new)
+            import_round(ctx, round_id)
         sync_verifications(ctx, full=state == "imported" or _full_sync_due(ctx))
         progress = ledger.round_progress(round_id)
         if state == "imported":

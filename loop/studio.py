@@ -4,6 +4,11 @@ This is the only module of the project that imports label_studio_sdk. It covers 
 idempotent bulk import of a batch with its pre-annotations (predictions), reading the annotators'
 verdicts back, simulated annotations, the ML-backend connection and the webhook.
 
+What it reads is complete or it fails: task listings page by id until the server reports nothing left
+(never stopping at a short page), and an annotation missing from a listing is only taken for gone once
+Label Studio confirms it (`gone_annotations`: GET answers 404, or it is a skip or invalid now). An
+annotation with no response text that is no reject is invalid and never read as a verdict.
+
 Task data at import: ``{"text", "draft", "labelloop_key", **meta}``; the prediction pre-fills the
 ``response`` TextArea with the draft. An annotation carries the final ``response`` text, a ``verdict``
 choice (accept / edit / reject) and an optional ``comment`` (see label_config/*.xml).
@@ -25,7 +30,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 
-from loop.errors import StudioError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.errors import ImportOutcomeUnknown, StudioError  # noqa: F401 (re-exported: callers catch them here too)
 from loop.vocab import VERDICTS
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,13 @@ class _SlimListingIncomplete(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class TaskCopy:
+    """One task carrying a given labelloop_key: duplicates of a key are told apart by what they hold."""
+
+    task_id: int
+    predictions: int
+    annotations: int  # skips included: a task someone worked on is never deleted
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,68 @@ def parse_verdict(choice: str | None, text: str, draft: str) -> str:
     if _norm(text) != _norm(draft):
         return "edit"
     return "accept"
+
+
+def _regions(result: list[dict]) -> tuple[str | None, str | None, str | None]:
+    """(response text, verdict choice, comment) of an annotation's result; None where a region is absent."""
+    text: str | None = None
+    choice: str | None = None
+    comment: str | None = None
+    for item in result:
+        name = item.get("from_name")
+        if name == FROM_RESPONSE and item.get("type") == "textarea":
+            text = _textarea_text(item)
+        elif name == FROM_VERDICT:
+            choices = (item.get("value") or {}).get("choices") or []
+            choice = str(choices[0]) if choices else None
+        elif name == FROM_COMMENT:
+            comment = _textarea_text(item).strip() or None
+    return text, choice, comment
+
+
+def missing_response(result: list[dict]) -> bool:
+    """True when an annotation is no verdict on a text: its response is absent or blank and it is no
+    reject. Such an annotation is invalid, never an accept of a draft the annotator may not have seen
+    (a task imported without its prediction shows an empty box)."""
+    text, choice, _ = _regions(result)
+    return (choice or "").strip().lower() != "reject" and not (text or "").strip()
+
+
+def split_copies(copies: list[TaskCopy]) -> tuple[TaskCopy, list[TaskCopy]]:
+    """(the copy to keep, the copies to delete) among the tasks of one key: keep one someone worked on,
+    else one with a prediction, else the oldest; delete the others unless someone worked on them."""
+    kept = max(copies, key=lambda c: (c.annotations > 0, c.predictions > 0, -c.task_id))
+    return kept, [c for c in copies if c is not kept and c.annotations == 0]
+
+
+def resolve_copies(copies: dict[str, list[TaskCopy]], wanted: set[str]) -> tuple[dict[str, int], list[int], set[str]]:
+    """For the tasks of a project by key: (key -> the task to use, the duplicate tasks of the `wanted`
+    keys to delete, the `wanted` keys whose task has no prediction). Shared by Studio and MemStudio."""
+    use: dict[str, int] = {}
+    delete: list[int] = []
+    bare: set[str] = set()
+    for key, found in copies.items():
+        kept, extra = split_copies(found)
+        use[key] = kept.task_id
+        if key in wanted:
+            delete += [c.task_id for c in extra]
+            if kept.predictions == 0:
+                bare.add(key)
+    return use, sorted(delete), bare
+
+
+def repair_payloads(items: list[dict], task_ids: dict[str, int], keys: set[str],
+                    model_version: str) -> tuple[list[dict], list[int]]:
+    """(payloads, task ids) of the items whose key is in `keys`, each key once: the predictions to
+    re-attach to tasks found without one."""
+    payloads: list[dict] = []
+    ids: list[int] = []
+    for i, item in enumerate(items):
+        key = str(item["key"])
+        if key in keys and task_ids[key] not in ids:
+            payloads.append(Studio._task_payload(item, model_version, where=f"items[{i}] (key {key!r})"))
+            ids.append(task_ids[key])
+    return payloads, ids
 
 
 def _detail(body: Any, limit: int = 500) -> str:
@@ -224,6 +298,7 @@ class Studio:
         with _calling("connect (api key check)"):
             self._ls = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
         self._users: dict[int, str] | None = None
+        self._invalid_warned: set[int] = set()  # invalid annotations already reported (full syncs repeat)
 
     def __repr__(self) -> str:
         return f"Studio(url={self.url!r})"
@@ -294,51 +369,100 @@ class Studio:
     # ------------------------------------------------------------------ tasks
 
     def _iter_tasks(self, project_id: int, what: str, *, query: dict | None = None, **kw) -> Iterator[Any]:
-        """All tasks of a project, page by page (ordered by id so that tasks added meanwhile land on
-        later pages), stopping at the reported total instead of running into the 404 past the end."""
-        q = dict(query or {})
-        q.setdefault("ordering", ["tasks:id"])
-        query_s = json.dumps(q)
-        page, seen = 1, 0
+        """All tasks of a project matching `query`, in id order, read in slices "id > the last id read"
+        until the server reports none left: a short page ends nothing (a server whose
+        TASK_API_PAGE_SIZE_MAX is below PAGE_SIZE serves short pages), and a task deleted meanwhile
+        shifts no later one past the reader (page numbers would). Tasks added meanwhile are read too."""
+        base = dict(query or {})
+        filters = dict(base.get("filters") or {"conjunction": "and", "items": []})
+        if filters.get("items") and filters.get("conjunction", "and") != "and":
+            raise ValueError("task listings page by id: only filters joined by 'and' can be combined with that")
+        last = 0
         while True:
-            with _calling(f"{what} (project {project_id}, page {page})"):
-                pager = self._ls.tasks.list(project=project_id, page=page, page_size=PAGE_SIZE, query=query_s, **kw)
+            after = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}
+            q = {**base, "filters": {"conjunction": "and", "items": [*filters.get("items", []), after]},
+                 "ordering": ["tasks:id"]}
+            with _calling(f"{what} (project {project_id}, tasks after id {last})"):
+                pager = self._ls.tasks.list(project=project_id, page=1, page_size=PAGE_SIZE, query=json.dumps(q), **kw)
             items = pager.items or []
             yield from items
-            seen += len(items)
-            total = getattr(pager.response, "total", None)
-            if not items or len(items) < PAGE_SIZE or (total is not None and seen >= total):
+            total = getattr(pager.response, "total", None)  # what is left from `last` on, this page included
+            if not items or (total is not None and len(items) >= total):
                 return
-            page += 1
+            newest = max(int(t.id) for t in items)
+            if newest <= last:
+                raise StudioError(f"{what} (project {project_id})", None, "the server ignored the task id filter")
+            last = newest
 
-    def existing_keys(self, project_id: int) -> dict[str, int]:
-        """labelloop_key -> task id for every task in the project (idempotent import)."""
-        keys: dict[str, int] = {}
-        for task in self._iter_tasks(project_id, "list task keys", fields="task_only", include="id,data"):
+    def _key_copies(self, project_id: int) -> dict[str, list[TaskCopy]]:
+        """The keyed tasks of a project by key, with what each holds (duplicates of a key included)."""
+        copies: dict[str, list[TaskCopy]] = {}
+        include = "id,data,total_predictions,total_annotations,cancelled_annotations"
+        for task in self._iter_tasks(project_id, "list task keys", fields="task_only", include=include):
             key = (task.data or {}).get(KEY_FIELD)
             if key is not None:
-                keys.setdefault(str(key), int(task.id))
-        return keys
+                worked = int(getattr(task, "total_annotations", 0) or 0) + int(
+                    getattr(task, "cancelled_annotations", 0) or 0)
+                copies.setdefault(str(key), []).append(
+                    TaskCopy(int(task.id), int(getattr(task, "total_predictions", 0) or 0), worked))
+        return copies
+
+    def existing_keys(self, project_id: int) -> dict[str, int]:
+        """labelloop_key -> task id for every task in the project (idempotent import); where a key has
+        several tasks, the one `import_batch` keeps."""
+        return resolve_copies(self._key_copies(project_id), set())[0]
+
+    def _resolve_keys(self, project_id: int, wanted: set[str]) -> tuple[dict[str, int], set[str]]:
+        """key -> task id in the project, after deleting the duplicate tasks of the `wanted` keys; and the
+        wanted keys whose task has no prediction."""
+        use, delete, bare = resolve_copies(self._key_copies(project_id), wanted)
+        if delete:
+            log.warning("project %s holds %d duplicate tasks of keys being imported (an import committed twice);"
+                        " deleting them: %s", project_id, len(delete), delete[:20])
+        for task_id in delete:
+            try:
+                with _calling(f"delete duplicate task {task_id} of project {project_id}"):
+                    self._ls.tasks.delete(id=str(task_id))
+            except StudioError as exc:
+                if exc.status != 404:  # gone already is what was wanted
+                    raise
+        return use, bare
 
     def import_batch(self, project_id: int, items: list[dict], model_version: str) -> dict[str, int]:
         """Import the items whose key is not in the project yet, in one bulk call, each with its draft
-        as a prediction (score = the item's score); check the counts of the answer and re-attach
-        predictions the server dropped (it retries an import that met a SQLite lock WITHOUT its
-        predictions and still answers 201). Returns key -> task id for ALL items, old and new.
+        as a prediction (score = the item's score), and leave every item with exactly one task that has
+        a prediction. Returns key -> task id for ALL items, old and new.
+
+        Before importing, duplicate tasks of a key (an import committed twice) are deleted, keeping the
+        one someone worked on, else the one with a prediction, else the oldest. After it, the counts of
+        the answer are checked, and predictions are re-attached wherever a task has none: the server
+        retries an import that met a SQLite lock WITHOUT its predictions and still answers 201, and a
+        crash or failure before that repair leaves keyed tasks without drafts for the next call to
+        find. An import whose answer never came raises ImportOutcomeUnknown.
 
         items: {"key": str, "text": str, "draft": str, "score": float, "meta": dict}."""
-        existing = self.existing_keys(project_id)
+        existing, bare = self._resolve_keys(project_id, {str(item["key"]) for item in items})
         new = new_task_payloads(items, existing, model_version)
+        payloads, repair = repair_payloads(items, existing, bare, model_version)
+        if bare:
+            log.warning("%d tasks of these items in project %s have no prediction (an earlier import's repair"
+                        " never ran); re-attaching them", len(bare), project_id)
 
         if new:
-            with _calling(f"import {len(new)} tasks into project {project_id}"):
-                resp = self._ls.projects.import_tasks(
-                    id=project_id,
-                    request=new,
-                    return_task_ids=True,
-                    commit_to_project=True,
-                    request_options={**NO_RETRY, "timeout": IMPORT_TIMEOUT_S},
-                )
+            what = f"import {len(new)} tasks into project {project_id}"
+            try:
+                with _calling(what):
+                    resp = self._ls.projects.import_tasks(
+                        id=project_id,
+                        request=new,
+                        return_task_ids=True,
+                        commit_to_project=True,
+                        request_options={**NO_RETRY, "timeout": IMPORT_TIMEOUT_S},
+                    )
+            except StudioError as exc:
+                if exc.status is None or exc.status >= 500:
+                    raise ImportOutcomeUnknown(what, exc.status, exc.detail) from None
+                raise
             task_ids = list(resp.task_ids or [])
             if resp.task_count != len(new) or len(task_ids) != len(new):
                 raise StudioError(
@@ -355,8 +479,11 @@ class Studio:
                     resp.prediction_count,
                     len(new),
                 )
-                self._reattach_predictions(project_id, new, task_ids)
+                payloads += new
+                repair += [int(t) for t in task_ids]
             log.info("imported %d new tasks into project %s", len(new), project_id)
+        if repair:
+            self._reattach_predictions(project_id, payloads, repair)
         return {str(item["key"]): existing[str(item["key"])] for item in items}
 
     @staticmethod
@@ -385,6 +512,8 @@ class Studio:
         return missing
 
     def _reattach_predictions(self, project_id: int, payloads: list[dict], task_ids: list[int]) -> None:
+        """Add each payload's prediction to its task where the task has none (idempotent); raise unless
+        every task has one afterwards."""
         missing = self._tasks_without_predictions(project_id, task_ids)
         if not missing:
             return
@@ -480,23 +609,23 @@ class Studio:
                     raise _SlimListingIncomplete
                 if ann.get("was_cancelled"):
                     continue
-                out.append(self._parse_annotation(ann, int(task.id), str(key), draft))
+                parsed = self._parse_annotation(ann, int(task.id), str(key), draft)
+                if parsed is not None:
+                    out.append(parsed)
         out.sort(key=lambda a: a.annotation_id)
         return out
 
-    def _parse_annotation(self, ann: dict, task_id: int, key: str, draft: str) -> Annotation:
-        text: str | None = None
-        choice: str | None = None
-        comment: str | None = None
-        for item in ann.get("result") or []:
-            name = item.get("from_name")
-            if name == FROM_RESPONSE and item.get("type") == "textarea":
-                text = _textarea_text(item)
-            elif name == FROM_VERDICT:
-                choices = (item.get("value") or {}).get("choices") or []
-                choice = str(choices[0]) if choices else None
-            elif name == FROM_COMMENT:
-                comment = _textarea_text(item).strip() or None
+    def _parse_annotation(self, ann: dict, task_id: int, key: str, draft: str) -> Annotation | None:
+        """The verification an annotation holds, or None (with a warning, once per annotation) when its
+        response is missing or blank and it is no reject: an invalid annotation, never an accept."""
+        result = ann.get("result") or []
+        if missing_response(result):
+            if int(ann["id"]) not in self._invalid_warned:
+                self._invalid_warned.add(int(ann["id"]))
+                log.warning("annotation %s of task %s (%s) has no response text and is no reject: not a verification"
+                            " (did the task show its draft?)", ann["id"], task_id, key)
+            return None
+        text, choice, comment = _regions(result)
         final = draft if text is None else text
         updated = ann.get("updated_at") or ann.get("created_at") or ""
         created = ann.get("created_at")
@@ -514,6 +643,25 @@ class Studio:
             lead_time=float(lead) if isinstance(lead, (int, float)) else None,
             created_at=created if isinstance(created, str) or created is None else created.isoformat(),
         )
+
+    def gone_annotations(self, annotation_ids: list[int]) -> set[int]:
+        """The annotations among these that Label Studio confirms hold no verification any more: deleted
+        (GET answers 404, as it does once their task or project is deleted), now a skip, or left without
+        a response. A listing that misses an annotation is only a reason to ask: it may be incomplete."""
+        gone: set[int] = set()
+        for annotation_id in sorted({int(a) for a in annotation_ids}):
+            try:
+                with _calling(f"get annotation {annotation_id}"):
+                    ann = self._ls.annotations.get(id=annotation_id)
+            except StudioError as exc:
+                if exc.status != 404:
+                    raise  # not confirmed: the next sync asks again
+                gone.add(annotation_id)
+                continue
+            body = ann if isinstance(ann, dict) else ann.model_dump()
+            if body.get("was_cancelled") or missing_response(body.get("result") or []):
+                gone.add(annotation_id)
+        return gone
 
     def export_annotations(self, project_id: int) -> list[dict]:
         """Every non-cancelled annotation of the project's annotated tasks, with the task's data and the
@@ -534,6 +682,8 @@ class Studio:
                     continue
                 parsed = self._parse_annotation(ann, int(task.id), str(data.get(KEY_FIELD) or ""),
                                                 str(data.get("draft") or ""))
+                if parsed is None:
+                    continue
                 out.append({"annotation": parsed, "data": data, "model_version": latest.get("model_version"),
                             "score": latest.get("score")})
         out.sort(key=lambda r: r["annotation"].annotation_id)

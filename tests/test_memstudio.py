@@ -56,6 +56,7 @@ class UI(Protocol):
     def update_annotation(self, annotation_id: int, *, verdict: str | None = None, text: str | None = None) -> None: ...
     def delete_annotation(self, annotation_id: int) -> None: ...
     def delete_task(self, task_id: int) -> None: ...
+    def import_raw(self, project_id: int, tasks: list[dict]) -> list[int]: ...
 
 
 class RealUI:
@@ -90,6 +91,10 @@ class RealUI:
 
     def delete_task(self, task_id: int) -> None:
         self._api("DELETE", f"/api/tasks/{task_id}/")
+
+    def import_raw(self, project_id: int, tasks: list[dict]) -> list[int]:
+        reply = self._api("POST", f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, json=tasks)
+        return [int(t) for t in reply.json()["task_ids"]]
 
 
 @dataclass
@@ -198,6 +203,45 @@ def test_contract_edit_delete_and_task_removal(server: Server) -> None:
     again = studio.import_batch(pid, task_items(2), model_version="v2")
     assert again["item-0"] == ids["item-0"]
     assert again["item-1"] not in ids.values()
+
+
+def test_contract_duplicates_of_a_key_keep_the_copy_worked_on_else_the_one_with_its_prediction(
+    server: Server,
+) -> None:
+    """An import committed twice leaves two tasks per key: import_batch keeps the copy someone worked on,
+    else the one with its prediction (whatever its id), deletes the others, and gives the kept one its
+    prediction if it has none."""
+    studio, ui = server.studio, server.ui
+    pid = studio.ensure_project(f"contract-dup-{uuid.uuid4().hex[:8]}", CONFIG)
+    items = task_items(3)
+    payloads = [Studio._task_payload(item, "v1", where="test") for item in items]
+    ui.import_raw(pid, [{"data": p["data"]} for p in payloads[:2]])  # bare copies first: the lower ids
+    full = ui.import_raw(pid, payloads[:2])
+    (worked,) = ui.import_raw(pid, [{"data": payloads[2]["data"]}])
+    ui.skip(worked)  # someone worked on the bare copy of item-2
+    ui.import_raw(pid, payloads[2:])
+    expected = {"item-0": full[0], "item-1": full[1], "item-2": worked}
+    assert studio.existing_keys(pid) == expected
+    assert studio.counts(pid)["task_number"] == 6
+
+    assert studio.import_batch(pid, items, model_version="v1") == expected
+    assert studio.existing_keys(pid) == expected
+    counts = studio.counts(pid)
+    assert (counts["task_number"], counts["total_predictions_number"]) == (3, 3)
+
+
+def test_contract_gone_annotations_are_those_no_longer_holding_a_verification(server: Server) -> None:
+    studio, ui = server.studio, server.ui
+    pid = studio.ensure_project(f"contract-gone-{uuid.uuid4().hex[:8]}", CONFIG)
+    ids = studio.import_batch(pid, task_items(4), model_version="v1")
+    kept = studio.annotate(ids["item-0"], verdict="accept", text="draft reply 0")
+    deleted = studio.annotate(ids["item-1"], verdict="accept", text="draft reply 1")
+    emptied = studio.annotate(ids["item-2"], verdict="edit", text="a reply")
+    skipped = ui.skip(ids["item-3"])
+    ui.delete_annotation(deleted)
+    ui.update_annotation(emptied, text="")
+    assert studio.gone_annotations([kept, deleted, emptied, skipped, 10**8]) == {deleted, emptied, skipped, 10**8}
+    assert studio.gone_annotations([]) == set()
 
 
 def test_contract_unknown_ids_are_404(server: Server) -> None:

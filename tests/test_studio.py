@@ -303,22 +303,21 @@ def test_completed_annotations_filters(studio: Studio, label_studio: LocalStudio
             ]
         },
     )
-    # an annotation without a response region keeps the draft as its text
-    bare = _api(
-        label_studio,
-        "POST",
-        f"/api/tasks/{ids['item-2']}/annotations/",
-        json={
-            "result": [
-                {"from_name": "verdict", "to_name": "source", "type": "choices", "value": {"choices": ["accept"]}}
-            ]
-        },
-    ).json()["id"]
+    # an accept without a response region is invalid (the annotator may never have seen the draft): left out;
+    # a reject needs no response and keeps the draft as its text
+    def verdict_only(task_id: int, verdict: str) -> int:
+        region = {"from_name": "verdict", "to_name": "source", "type": "choices", "value": {"choices": [verdict]}}
+        return _api(label_studio, "POST", f"/api/tasks/{task_id}/annotations/", json={"result": [region]}).json()["id"]
+
+    invalid = verdict_only(ids["item-2"], "accept")
+    bare_reject = verdict_only(ids["item-2"], "reject")
 
     anns = studio.completed_annotations(project)
-    assert [a.annotation_id for a in anns] == sorted([*kept, bare])
-    assert [a.verdict for a in anns] == ["accept", "reject", "accept"]
+    assert [a.annotation_id for a in anns] == sorted([*kept, bare_reject])
+    assert [a.verdict for a in anns] == ["accept", "reject", "reject"]
     assert anns[2].text == anns[2].draft == "draft reply 2"
+    assert invalid not in {r["annotation"].annotation_id for r in studio.export_annotations(project)}
+    assert studio.gone_annotations([invalid, bare_reject, kept[0], 10**8]) == {invalid, 10**8}
     assert studio.counts(project)["skipped_annotations_number"] == 1
 
 

@@ -68,6 +68,12 @@ class RoundTables(Store):
             if conn.execute(sql, params).rowcount != 1:
                 raise StaleState(f"round {round_id}: cannot move to {state!r} (expected state {expect!r})")
 
+    def set_round_project(self, round_id: int, project_id: int) -> None:
+        """Record the Label Studio project a round's tasks are imported into, before they are sent: a
+        sync withdraws only verifications of rounds imported into the project it reads."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE rounds SET project_id = ?, updated_at = ? WHERE id = ?", [project_id, now(), round_id])
+
     def set_round_error(self, round_id: int, error: str | None) -> None:
         """Record (or, with None, clear) the last failure of a round's step, for the status page."""
         with self.transaction() as conn:

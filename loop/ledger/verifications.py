@@ -47,32 +47,61 @@ class VerificationTables(Store):
                 changed += 1
         return changed
 
-    def withdraw_verifications(self, present: set[int], task_ids: Iterable[int] | None = None) -> int:
-        """Withdraw verifications whose annotation is gone from Label Studio (deleted there).
+    def withdraw_verifications(
+        self, present: set[int], task_ids: Iterable[int] | None = None, *, project_id: int | None = None
+    ) -> int:
+        """Withdraw the verifications in scope whose annotation `present` lacks; returns how many.
 
-        `present` holds the annotation ids Label Studio still has, for all tasks or, with
-        `task_ids`, for those tasks only. Returns how many were withdrawn.
+        `present` holds the annotation ids Label Studio still has, for all tasks or, with `task_ids`,
+        for those tasks only; with `project_id`, only verifications of rounds imported into that project
+        are in scope. A listing can be incomplete: `sync_verifications` confirms each absence with Label
+        Studio first (`absent_verifications`, then `withdraw_annotations`).
         """
-        sql = "SELECT annotation_id FROM verifications WHERE withdrawn_at IS NULL"
+        return self.withdraw_annotations(self.absent_verifications(present, task_ids, project_id=project_id))
+
+    def absent_verifications(
+        self, present: set[int], task_ids: Iterable[int] | None = None, *, project_id: int | None = None
+    ) -> list[int]:
+        """Annotation ids of verifications in force that `present` lacks: candidates for withdrawal.
+
+        With `task_ids`, only verifications of those tasks; with `project_id`, only those of rounds
+        imported into that project, so that reading one project never judges another's (a round with
+        no project recorded, from a ledger older than that record, counts as the project read).
+        """
+        sql = ("SELECT v.annotation_id FROM verifications v LEFT JOIN rounds r ON r.id = v.round_id"
+               " WHERE v.withdrawn_at IS NULL")
         params: list[Any] = []
+        if project_id is not None:
+            sql += " AND (r.project_id IS NULL OR r.project_id = ?)"
+            params.append(int(project_id))
         if task_ids is not None:
             task_ids = list(task_ids)
             if not task_ids:
-                return 0
-            sql += f" AND task_id IN ({placeholders(len(task_ids))})"
-            params = task_ids
-        gone = [row[0] for row in self.conn.execute(sql, params) if row[0] not in present]
+                return []
+            sql += f" AND v.task_id IN ({placeholders(len(task_ids))})"
+            params += task_ids
+        return [row[0] for row in self.conn.execute(sql + " ORDER BY v.annotation_id", params)
+                if row[0] not in present]
+
+    def withdraw_annotations(self, annotation_ids: Iterable[int]) -> int:
+        """Withdraw the verifications of these annotations (Label Studio confirmed them gone); returns
+        how many were in force. Each withdrawal is appended to `verification_history`."""
+        withdrawn = 0
         stamp = now()
         with self.transaction() as conn:
-            for annotation_id in gone:
-                conn.execute(
-                    "UPDATE verifications SET withdrawn_at = ? WHERE annotation_id = ?", [stamp, annotation_id]
+            for annotation_id in sorted(set(annotation_ids)):
+                cur = conn.execute(
+                    "UPDATE verifications SET withdrawn_at = ? WHERE annotation_id = ? AND withdrawn_at IS NULL",
+                    [stamp, annotation_id],
                 )
-                conn.execute(
-                    "INSERT INTO verification_history(annotation_id, change, recorded_at) VALUES (?, 'withdrawn', ?)",
-                    [annotation_id, stamp],
-                )
-        return len(gone)
+                if cur.rowcount:
+                    conn.execute(
+                        "INSERT INTO verification_history(annotation_id, change, recorded_at)"
+                        " VALUES (?, 'withdrawn', ?)",
+                        [annotation_id, stamp],
+                    )
+                    withdrawn += 1
+        return withdrawn
 
     def verification_history(self, annotation_id: int) -> list[dict]:
         """Every recorded change of one annotation (created, updated, withdrawn), oldest first."""

@@ -7,10 +7,12 @@ regions the real client sends. What the client reads back goes through loop/stud
 `loop.rounds.advance` sees what it would see against a real server, in microseconds.
 
 Test-only extras, none of which the real client has: `update_annotation`, `delete_annotation`, `skip`
-and `delete_task` (what annotators and admins do in the UI), `fail_next` (crash points: a call that
-fails before or after taking effect), `drop_predictions_next_import` (the bulk-import retry that loses
-its predictions), `calls` (every public call, for assertions) and read-only views `tasks`,
-`webhooks`, `backends`. tests/test_memstudio.py runs one contract against both this and the real server.
+and `delete_task` (what annotators and admins do in the UI), `import_raw` (tasks imported as they are:
+an admin's import, or the late commit of an import whose answer was lost), `fail_next` (crash points:
+a call that fails before or after taking effect), `drop_predictions_next_import` (the bulk-import retry
+that loses its predictions), `omit_from_next_listing` (a listing that misses annotations Label Studio
+still has), `calls` (every public call, for assertions) and read-only views `tasks`, `webhooks`,
+`backends`. tests/test_memstudio.py runs one contract against both this and the real server.
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ from loop.studio import (
     Annotation,
     Studio,
     StudioError,
+    TaskCopy,
     _norm,
     _region_id,
     annotation_result,
+    missing_response,
     new_task_payloads,
+    repair_payloads,
+    resolve_copies,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,8 @@ class MemStudio:
         self._lock = threading.RLock()
         self._faults: dict[str, deque[_Fault]] = {}
         self._drop_predictions = False
+        self._omit: set[int] = set()
+        self._invalid_warned: set[int] = set()  # read by Studio._parse_annotation, as on the client
         self._last_time = datetime(2000, 1, 1, tzinfo=timezone.utc)
         self._next_id = {k: 1 for k in ("project", "task", "prediction", "annotation", "backend", "webhook")}
         self._projects: dict[int, dict] = {}
@@ -141,6 +149,16 @@ class MemStudio:
         write lock; `import_batch` must then re-attach them, as `Studio.import_batch` does."""
         with self._lock:
             self._drop_predictions = True
+
+    def omit_from_next_listing(self, *annotation_ids: int) -> None:
+        """Make the next annotation listing (`completed_annotations` or `annotations_for_tasks`) leave these
+        annotations out although they still exist, as a listing that lost a page does."""
+        with self._lock:
+            self._omit.update(int(a) for a in annotation_ids)
+
+    def _take_omitted(self) -> set[int]:
+        omit, self._omit = self._omit, set()
+        return omit
 
     def tasks(self, project_id: int) -> list[dict]:
         """The project's tasks as Label Studio lists them with fields=all (a deep copy): id, data,
@@ -217,14 +235,22 @@ class MemStudio:
             }
         )
 
-    def _keys(self, project_id: int) -> dict[str, int]:
-        self._project(project_id, f"list task keys (project {project_id}, page 1)")
-        keys: dict[str, int] = {}
+    def _key_copies(self, project_id: int) -> dict[str, list[TaskCopy]]:
+        """Studio._key_copies: the keyed tasks of a project, with what each holds."""
+        self._project(project_id, f"list task keys (project {project_id}, tasks after id 0)")
+        copies: dict[str, list[TaskCopy]] = {}
         for task in self._project_tasks(project_id):
             key = task["data"].get(KEY_FIELD)
             if key is not None:
-                keys.setdefault(str(key), task["id"])
-        return keys
+                copies.setdefault(str(key), []).append(TaskCopy(
+                    task["id"], len(self._task_predictions(task["id"])), len(self._task_annotations(task["id"]))))
+        return copies
+
+    def _remove_task(self, task_id: int) -> None:
+        del self._tasks[int(task_id)]
+        for table in (self._predictions, self._annotations):
+            for rid in [rid for rid, row in table.items() if row["task"] == int(task_id)]:
+                del table[rid]
 
     def _add_prediction(self, task_id: int, prediction: dict) -> None:
         pid = self._new_id("prediction")
@@ -237,15 +263,18 @@ class MemStudio:
             "created_at": self._now(),
         }
 
+    def _add_task(self, project_id: int, data: dict) -> int:
+        tid = self._new_id("task")
+        self._tasks[tid] = {"id": tid, "project": int(project_id), "data": data, "created_at": self._now()}
+        return tid
+
     def _bulk_import(self, project_id: int, payloads: list[dict]) -> tuple[list[int], int]:
         """What POST /api/projects/<id>/import does: (task ids, prediction_count of its answer)."""
         drop, self._drop_predictions = self._drop_predictions, False
         payloads = json.loads(json.dumps(payloads))  # the wire: only JSON survives
         task_ids, kept = [], 0
         for payload in payloads:
-            tid = self._new_id("task")
-            self._tasks[tid] = {"id": tid, "project": int(project_id), "data": payload["data"],
-                                "created_at": self._now()}
+            tid = self._add_task(project_id, payload["data"])
             task_ids.append(tid)
             if not drop:
                 for prediction in payload.get("predictions") or []:
@@ -254,7 +283,8 @@ class MemStudio:
         return task_ids, kept
 
     def _reattach_predictions(self, project_id: int, payloads: list[dict], task_ids: list[int]) -> None:
-        """Studio._reattach_predictions: add the first prediction of each payload whose task has none."""
+        """Studio._reattach_predictions: add the first prediction of each payload whose task has none; raise
+        unless every task has one afterwards."""
         missing = {t for t in task_ids if not self._task_predictions(t)}
         for payload, tid in zip(payloads, task_ids, strict=True):
             if tid in missing:
@@ -274,12 +304,13 @@ class MemStudio:
             return None
         return self.username if int(uid) == USER_ID else str(uid)
 
-    def _parse(self, ann: dict, task_id: int, key: str, draft: str) -> Annotation:
+    def _parse(self, ann: dict, task_id: int, key: str, draft: str) -> Annotation | None:
         # the client's own parser: it reads nothing of its instance but `_annotator`, which this class has
         return Studio._parse_annotation(self, ann, task_id, key, draft)  # type: ignore[arg-type]
 
-    def _read_annotations(self, tasks: list[dict]) -> list[Annotation]:
-        """Studio._read_annotations over the given tasks: keyed tasks only, skips left out, by id."""
+    def _read_annotations(self, tasks: list[dict], omit: frozenset[int] = frozenset()) -> list[Annotation]:
+        """Studio._read_annotations over the given tasks: keyed tasks only, skips left out, by id; `omit`
+        is what an incomplete listing misses."""
         out: list[Annotation] = []
         for task in tasks:
             key = task["data"].get(KEY_FIELD)
@@ -287,9 +318,11 @@ class MemStudio:
                 continue
             draft = str(task["data"].get("draft") or "")
             for ann in self._task_annotations(task["id"]):
-                if ann["was_cancelled"]:
+                if ann["was_cancelled"] or ann["id"] in omit:
                     continue
-                out.append(self._parse(copy.deepcopy(ann), task["id"], str(key), draft))
+                parsed = self._parse(copy.deepcopy(ann), task["id"], str(key), draft)
+                if parsed is not None:
+                    out.append(parsed)
         out.sort(key=lambda a: a.annotation_id)
         return out
 
@@ -358,16 +391,21 @@ class MemStudio:
 
     @_served
     def existing_keys(self, project_id: int) -> dict[str, int]:
-        """labelloop_key -> task id for every task in the project (idempotent import)."""
-        return self._keys(project_id)
+        """labelloop_key -> task id for every task in the project (idempotent import); where a key has
+        several tasks, the one `import_batch` keeps."""
+        return resolve_copies(self._key_copies(project_id), set())[0]
 
     @_served
     def import_batch(self, project_id: int, items: list[dict], model_version: str) -> dict[str, int]:
         """Import the items whose key is not in the project yet, each with its draft as a prediction,
-        validated as Studio validates them; re-attach predictions a lossy import dropped. Returns key ->
-        task id for ALL items, old and new."""
-        existing = self._keys(project_id)
+        validated as Studio validates them, and leave every item with exactly one task that has a
+        prediction: duplicates of a key deleted first (the worked-on, else predicted, else oldest copy
+        kept), predictions re-attached where a task has none. Returns key -> task id for ALL items."""
+        existing, delete, bare = resolve_copies(self._key_copies(project_id), {str(item["key"]) for item in items})
+        for task_id in delete:
+            self._remove_task(task_id)
         new = new_task_payloads(items, existing, model_version)
+        payloads, repair = repair_payloads(items, existing, bare, model_version)
         if new:
             task_ids, prediction_count = self._bulk_import(project_id, new)
             for payload, task_id in zip(new, task_ids, strict=True):
@@ -379,17 +417,31 @@ class MemStudio:
                     prediction_count,
                     len(new),
                 )
-                self._reattach_predictions(project_id, new, task_ids)
+                payloads += new
+                repair += task_ids
+        if repair:
+            self._reattach_predictions(project_id, payloads, repair)
         return {str(item["key"]): existing[str(item["key"])] for item in items}
+
+    @_served
+    def import_raw(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """Import task payloads ({"data", "predictions"?}) as they are, with no key check and no validation,
+        as an admin's import does, or the late commit of an import whose answer was lost (a lock retry
+        commits it without predictions); returns the new task ids."""
+        self._project(project_id, f"import {len(tasks)} tasks into project {project_id}")
+        task_ids = []
+        for payload in json.loads(json.dumps(tasks)):
+            tid = self._add_task(project_id, payload["data"])
+            for prediction in payload.get("predictions") or []:
+                self._add_prediction(tid, prediction)
+            task_ids.append(tid)
+        return task_ids
 
     @_served
     def delete_task(self, task_id: int) -> None:
         """Delete a task with its predictions and annotations, as an admin can in the data manager."""
         self._task(task_id, f"delete task {task_id}")
-        del self._tasks[int(task_id)]
-        for table in (self._predictions, self._annotations):
-            for rid in [rid for rid, row in table.items() if row["task"] == int(task_id)]:
-                del table[rid]
+        self._remove_task(task_id)
 
     # ------------------------------------------------------------------ annotations
 
@@ -397,23 +449,35 @@ class MemStudio:
     def completed_annotations(self, project_id: int) -> list[Annotation]:
         """Every non-cancelled (not skipped) annotation of the tasks carrying a labelloop_key, parsed.
         draft = the task's data draft."""
-        self._project(project_id, f"list annotated tasks (project {project_id}, page 1)")
-        return self._read_annotations(self._annotated_tasks(project_id))
+        self._project(project_id, f"list annotated tasks (project {project_id}, tasks after id 0)")
+        return self._read_annotations(self._annotated_tasks(project_id), frozenset(self._take_omitted()))
 
     @_served
     def annotations_for_tasks(self, project_id: int, task_ids: list[int]) -> list[Annotation]:
         """Like `completed_annotations`, for the given tasks only: the targeted sync a webhook asks for."""
         if not task_ids:
             return []
-        self._project(project_id, f"list annotated tasks (project {project_id}, page 1)")
+        self._project(project_id, f"list annotated tasks (project {project_id}, tasks after id 0)")
         wanted = {int(t) for t in task_ids}
-        return self._read_annotations([t for t in self._project_tasks(project_id) if t["id"] in wanted])
+        tasks = [t for t in self._project_tasks(project_id) if t["id"] in wanted]
+        return self._read_annotations(tasks, frozenset(self._take_omitted()))
+
+    @_served
+    def gone_annotations(self, annotation_ids: list[int]) -> set[int]:
+        """The annotations among these that hold no verification any more: deleted (what GET answers 404
+        for), now a skip, or left without a response."""
+        gone: set[int] = set()
+        for annotation_id in {int(a) for a in annotation_ids}:
+            ann = self._annotations.get(annotation_id)
+            if ann is None or ann["was_cancelled"] or missing_response(ann["result"]):
+                gone.add(annotation_id)
+        return gone
 
     @_served
     def export_annotations(self, project_id: int) -> list[dict]:
         """Every non-cancelled annotation of the project's annotated tasks, with the task's data and the
         model_version and score of its latest prediction. Tasks without a labelloop_key are included."""
-        self._project(project_id, f"export annotated tasks (project {project_id}, page 1)")
+        self._project(project_id, f"export annotated tasks (project {project_id}, tasks after id 0)")
         out: list[dict] = []
         for task in self._annotated_tasks(project_id):
             data = copy.deepcopy(task["data"])
@@ -424,6 +488,8 @@ class MemStudio:
                 parsed = self._parse(
                     copy.deepcopy(ann), task["id"], str(data.get(KEY_FIELD) or ""), str(data.get("draft") or "")
                 )
+                if parsed is None:
+                    continue
                 out.append(
                     {
                         "annotation": parsed,
