@@ -74,10 +74,18 @@ def init(config: str | None) -> None:
       labelloop -c configs/local.toml init
     """
     settings = _settings(config)
+    new = not settings.ledger_path.exists()
     ledger = Ledger(settings.ledger_path)
     from loop.service import ensure_pool
 
-    counts = ensure_pool(settings, ledger)
+    try:
+        counts = ensure_pool(settings, ledger)
+    except LabelloopError:
+        if new:  # a failed first init leaves no empty ledger that a later one would take as initialised
+            ledger.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{settings.ledger_path}{suffix}").unlink(missing_ok=True)
+        raise
     if counts is None:
         console.print(f"ledger {settings.ledger_path} already holds {ledger.pool_count()} pool items")
     else:

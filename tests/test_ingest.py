@@ -93,3 +93,20 @@ def test_malformed_files_are_clear_errors(tmp_path, ledger, name, content, messa
 def test_bundled_sample_ingests_cleanly(ledger):
     counts = ingest(ledger, "data/paradetox/pool.tsv", text_col="text", reference_col="reference")
     assert counts["added"] == 3000 and counts["duplicates"] == 0
+
+
+def test_a_failed_first_init_leaves_no_ledger_and_a_fixed_one_works(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    bad = tmp_path / "pool.csv"
+    bad.write_text("txt,reference\nhello,x\n")
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LABELLOOP_POOL__PATH", str(bad))
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 1 and "text column 'text' is missing" in result.output
+    assert not (tmp_path / "data" / "ledger.sqlite").exists()
+    bad.write_text("text,reference\nhello,x\n")
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 0 and "1 items added" in result.output
