@@ -291,9 +291,13 @@ def import_round(ctx: Context, round_id: int) -> int:
         raise LabelloopError("no Label Studio project connected")
     batch = [b for b in ctx.ledger.batch(round_id) if b["draft"]]
     model_version = ctx.ledger.find_meta(f"round:{round_id}:model_version", "teacher")
+    learner_version = ctx.ledger.get_round(round_id)["learner_version"]
+    # subgroup and learner version travel with the task: a label config can show the group ($subgroup),
+    # and an export read straight from Label Studio keeps its provenance
     items = [
         {"key": task_key(round_id, b["pool_id"]), "text": b["text"], "draft": b["draft"], "score": b["score"],
-         "meta": {"round": round_id, "cluster": b["cluster"]}}
+         "meta": {"round": round_id, "cluster": b["cluster"], "subgroup": b["subgroup"],
+                  "learner_version": learner_version}}
         for b in batch
     ]
     ctx.ledger.set_round_project(round_id, ctx.project_id)

@@ -226,3 +226,27 @@ def test_a_transient_error_is_retried(ctx):
     ctx.studio.fail_next("annotations_for_tasks")  # a 503: the next tick retries
     assert tick(ctx)[-1].kind == "error"
     assert [s.kind for s in tick(ctx)][-1] == "waiting"
+
+
+def test_tasks_carry_subgroup_and_learner_version_and_a_studio_export_keeps_them(tmp_path, starter_model):
+    """Label Studio's copy of a task names its group, and `export --from-studio` reports it (was null)."""
+    from loop import export
+
+    pool = tmp_path / "groups.tsv"
+    pool.write_text("text\treference\tgroup\n" + "".join(
+        f"you idiot number {i}\tplease, number {i}\t{'women' if i % 2 else 'immigrants'}\n" for i in range(12)))
+    settings = load_settings(data_dir=str(tmp_path / "labelloop"), pool__path=str(pool), pool__group_col="group",
+                             learner__base_model=str(starter_model), cluster__k=2, select__budget=4)
+    ledger = Ledger(settings.ledger_path)
+    ensure_pool(settings, ledger)
+    studio = MemStudio()
+    ctx = rounds.Context(settings, ledger, studio,
+                         project_id=studio.ensure_project("groups", settings.label_config_path.read_text()))
+    settle(ctx)
+    data = [t["data"] for t in studio.tasks(ctx.project_id)]
+    assert len(data) == 4 and {d["subgroup"] for d in data} <= {"women", "immigrants"}
+    assert {d["learner_version"] for d in data} == {"v0"}
+    annotate_all(ctx, 1)
+    records = export.from_studio(studio, ctx.project_id, salt="s", verdicts=None)
+    assert len(records) == 4 and all(r["subgroup"] in ("women", "immigrants") for r in records)
+    assert {r["learner_version"] for r in records} == {"v0"}
