@@ -15,6 +15,7 @@ from typing import Any
 from loop import teacher as teacher_mod
 from loop.config import Settings
 from loop.ledger import Ledger
+from loop.regions import prediction_result
 from loop.rounds import parse_task_key
 from loop.teacher import Teacher, Template
 
@@ -29,9 +30,7 @@ def prediction(draft: str, score: float | None, model_version: str) -> dict:
     return {
         "model_version": model_version,
         "score": float(score) if score is not None else None,
-        "result": [
-            {"from_name": "response", "to_name": "source", "type": "textarea", "value": {"text": [draft]}}
-        ],
+        "result": prediction_result(draft),
     }
 
 

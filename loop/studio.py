@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,14 +30,19 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.label_interface import LabelInterface
 
 from loop.errors import ImportOutcomeUnknown, StudioError  # noqa: F401 (re-exported: callers catch them here too)
+from loop.regions import (  # noqa: F401 (re-exported: the label config's names belong with this client)
+    FROM_COMMENT,
+    FROM_RESPONSE,
+    FROM_VERDICT,
+    TO_NAME,
+    annotation_result,
+    prediction_result,
+    region_id,
+)
 from loop.vocab import VERDICTS
 
 log = logging.getLogger(__name__)
 
-FROM_RESPONSE = "response"
-FROM_VERDICT = "verdict"
-FROM_COMMENT = "comment"
-TO_NAME = "source"
 KEY_FIELD = "labelloop_key"
 RESERVED_DATA_FIELDS = ("text", "draft", KEY_FIELD)
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
@@ -199,36 +203,6 @@ def _textarea_text(item: dict) -> str:
     if isinstance(texts, str):
         return texts
     return "\n".join(str(t) for t in texts)
-
-
-def _region_id() -> str:
-    return secrets.token_urlsafe(8)[:10]
-
-
-def prediction_result(draft: str) -> list[dict]:
-    """The pre-annotation: the response TextArea filled with the draft."""
-    return [
-        {
-            "from_name": FROM_RESPONSE,
-            "to_name": TO_NAME,
-            "type": "textarea",
-            "value": {"text": [draft]},
-        }
-    ]
-
-
-def annotation_result(verdict: str, text: str, comment: str | None = None, *, from_prediction: bool) -> list[dict]:
-    """The regions of an annotation as the labeling UI writes them: the (possibly edited) response,
-    started from the prediction when there is one, the verdict choice and an optional comment."""
-    def region(from_name: str, kind: str, origin: str, value: dict) -> dict:
-        return {"id": _region_id(), "from_name": from_name, "to_name": TO_NAME, "type": kind, "origin": origin,
-                "value": value}
-
-    result = [region(FROM_RESPONSE, "textarea", "prediction" if from_prediction else "manual", {"text": [text]}),
-              region(FROM_VERDICT, "choices", "manual", {"choices": [verdict]})]
-    if comment:
-        result.append(region(FROM_COMMENT, "textarea", "manual", {"text": [comment]}))
-    return result
 
 
 def new_task_payloads(items: list[dict], existing: dict[str, int], model_version: str) -> list[dict]:

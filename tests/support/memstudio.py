@@ -42,10 +42,10 @@ from loop.studio import (
     StudioError,
     TaskCopy,
     _norm,
-    _region_id,
     annotation_result,
     missing_response,
     new_task_payloads,
+    region_id,
     repair_payloads,
     resolve_copies,
 )
@@ -533,7 +533,7 @@ class MemStudio:
                 continue
             region = next((r for r in ann["result"] if r.get("from_name") == name), None)
             if region is None:
-                region = {"id": _region_id(), "from_name": name, "to_name": TO_NAME, "origin": "manual"}
+                region = {"id": region_id(), "from_name": name, "to_name": TO_NAME, "origin": "manual"}
                 ann["result"].append(region)
             region["type"], region["value"] = change
         ann["was_cancelled"] = False
