@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from loop import teacher as teacher_mod
 from loop.config import Settings
-from loop.ledger import Ledger
+from loop.ledger import Ledger, row_id
 from loop.regions import prediction_result
 from loop.rounds import parse_task_key
 from loop.teacher import Teacher, Template
@@ -22,7 +21,6 @@ from loop.teacher import Teacher, Template
 LiveTeacher = Callable[[], tuple[Teacher, Template]]
 """What `predictions_for` calls, at most once, when some task is a miss: the teacher and its template."""
 
-SQLITE_MAX = 2**63 - 1  # an id past SQLite's integers cannot be one of ours
 
 
 def prediction(draft: str, score: float | None, model_version: str) -> dict:
@@ -51,13 +49,6 @@ class LazyTeacher:
             return self._made
 
 
-def _our_id(value: Any) -> int | None:
-    """An int that can be a ledger id (not a bool, within SQLite's range), else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SQLITE_MAX:
-        return value
-    return None
-
-
 def _data(task: dict) -> dict:
     data = task.get("data")
     return data if isinstance(data, dict) else {}
@@ -65,12 +56,12 @@ def _data(task: dict) -> dict:
 
 def stored_item(ledger: Ledger, task: dict) -> dict | None:
     """The batch item a task stands for: by its Label Studio id, else by its `labelloop_key`; or None."""
-    task_id = _our_id(task.get("id"))
+    task_id = row_id(task.get("id"))
     item = ledger.find_item_by_task(task_id) if task_id is not None else None
     key = _data(task).get("labelloop_key")
     if item is None and isinstance(key, str) and (parsed := parse_task_key(key)):
         round_id, pool_id = parsed
-        if _our_id(round_id) is not None and _our_id(pool_id) is not None:
+        if row_id(round_id) is not None and row_id(pool_id) is not None:
             item = ledger.find_item(round_id, pool_id)
     return item
 

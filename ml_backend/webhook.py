@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from loop.ledger import row_id
 from ml_backend.auth import require_webhook_secret
 from ml_backend.errors import BadRequest, json_body
 from ml_backend.state import get_ledger
@@ -19,10 +20,9 @@ bp.before_request(require_webhook_secret)
 
 
 def _id_of(value: Any) -> int | None:
-    """An id given either as a number or as an object with an `id` (Label Studio sends both)."""
-    if isinstance(value, dict):
-        return _id_of(value.get("id"))
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An id given either as a number or as an object with an `id` (Label Studio sends both); None for
+    anything that cannot be one of ours (an id past SQLite's integers was a 500)."""
+    return _id_of(value.get("id")) if isinstance(value, dict) else row_id(value)
 
 
 @bp.post("/webhook")

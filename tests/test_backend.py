@@ -105,6 +105,13 @@ def test_webhook_records_the_event_and_answers_at_once(backend):
     assert ledger.pending_events() == 2
 
 
+def test_webhook_ids_that_cannot_be_ours_are_recorded_as_none_not_a_500(backend):
+    url, ledger = backend
+    event = {"action": "ANNOTATION_CREATED", "task": {"id": 2**70}, "annotation": -3, "project": True}
+    assert requests.post(f"{url}/webhook", json=event, timeout=5).status_code == 201
+    assert ledger.pending_events() == 1 and ledger.pending_event_tasks()[1] == []
+
+
 @pytest.mark.parametrize(
     "route, payload",
     [("/predict", b"not json"), ("/predict", b'{"tasks": "x"}'), ("/predict", b'{"tasks": [1]}'),

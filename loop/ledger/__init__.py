@@ -15,7 +15,7 @@ be all-or-nothing runs in one transaction.
 from __future__ import annotations
 
 from loop.errors import LedgerError, NotFound, StaleState
-from loop.ledger.core import now
+from loop.ledger.core import now, row_id
 from loop.ledger.events import EventTables
 from loop.ledger.models import ModelTables
 from loop.ledger.pool import PoolTables
@@ -25,7 +25,7 @@ from loop.ledger.schema import SCHEMA_VERSION
 from loop.ledger.teacher import TeacherTables
 from loop.ledger.verifications import VerificationTables
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "NotFound", "StaleState", "now"]
+__all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "NotFound", "StaleState", "now", "row_id"]
 
 
 class Ledger(

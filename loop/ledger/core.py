@@ -47,6 +47,17 @@ def chunks(seq: list, size: int = 900) -> Iterator[list]:
         yield seq[i : i + size]
 
 
+SQLITE_MAX_INT = 2**63 - 1
+
+
+def row_id(value: object) -> int | None:
+    """`value` when it can be a row id from outside (an int, not a bool, 0..2^63-1: what SQLite can
+    compare), else None: an id no row of ours can have is a miss, never an overflow."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SQLITE_MAX_INT:
+        return value
+    return None
+
+
 def placeholders(n: int) -> str:
     """`?, ?, ?` for an IN list of n values."""
     return ",".join("?" * n)
