@@ -435,7 +435,7 @@ def advance(ctx: Context) -> Step:
                     round_id, "distilled")
     if state == "distilled":
         n = import_round(ctx, round_id)
-        ledger.set_round_state(round_id, "imported", expect="distilled", project_id=ctx.project_id)
+        ledger.set_round_state(round_id, "imported", expect="distilled")  # import_round recorded the project
         return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")
     if state in ("imported", "verifying"):
         if state == "imported":  # a round left here by a crash: every task gets its draft (imports nothing new)

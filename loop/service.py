@@ -121,10 +121,10 @@ def check_project_continuity(ctx: Context, wanted: int | None) -> None:
     reset, a proxy) or the settings name another one, a new project would start empty: every
     verification would look deleted and the open round could never be verified. Raises ServiceError
     saying what to do instead."""
-    imported = sorted({r["project_id"] for r in ctx.ledger.rounds() if r["project_id"] is not None})
+    imported = [r for r in ctx.ledger.rounds() if r["project_id"] is not None]
     if not imported:
         return
-    home = imported[-1]
+    home = imported[-1]["project_id"]  # where the newest round went
     if wanted is not None and wanted != home:
         raise ServiceError(
             f"the ledger's rounds were imported into Label Studio project {home}, but the settings name project"
@@ -137,7 +137,7 @@ def check_project_continuity(ctx: Context, wanted: int | None) -> None:
             raise
         raise ServiceError(
             f"Label Studio at {ctx.studio.url} has no project {home}, which holds the ledger's rounds"
-            f" {', '.join(str(r['id']) for r in ctx.ledger.rounds() if r['project_id'] == home)}; labelloop will not"
+            f" {', '.join(str(r['id']) for r in imported if r['project_id'] == home)}; labelloop will not"
             " create an empty replacement (its verifications would all look deleted). Check studio.url and that"
             " LABEL_STUDIO_API_KEY belongs to the organisation that owns the project, or restore the server's data"
         ) from None

@@ -503,11 +503,6 @@ def prompt_key(teacher: Teacher, template: Template, prompt: str, system: str) -
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _check(text: str | None, source: str) -> str | None:
-    """Why an output is unusable, or None when it is fine (default length bounds)."""
-    return check_output(text, source)
-
-
 @dataclass(frozen=True)
 class Draft:
     """The teacher's answer for one item: the prompt's cache key, the output, or why there is none."""

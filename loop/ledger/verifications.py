@@ -47,22 +47,11 @@ class VerificationTables(Store):
                 changed += 1
         return changed
 
-    def withdraw_verifications(
-        self, present: set[int], task_ids: Iterable[int] | None = None, *, project_id: int | None = None
-    ) -> int:
-        """Withdraw the verifications in scope whose annotation `present` lacks; returns how many.
-
-        `present` holds the annotation ids Label Studio still has, for all tasks or, with `task_ids`,
-        for those tasks only; with `project_id`, only verifications of rounds imported into that project
-        are in scope. A listing can be incomplete: `sync_verifications` confirms each absence with Label
-        Studio first (`absent_verifications`, then `withdraw_annotations`).
-        """
-        return self.withdraw_annotations(self.absent_verifications(present, task_ids, project_id=project_id))
-
     def absent_verifications(
         self, present: set[int], task_ids: Iterable[int] | None = None, *, project_id: int | None = None
     ) -> list[int]:
-        """Annotation ids of verifications in force that `present` lacks: candidates for withdrawal.
+        """Annotation ids of verifications in force that `present` lacks: candidates for withdrawal, once
+        Label Studio confirms them gone (a listing can be incomplete; see `withdraw_annotations`).
 
         With `task_ids`, only verifications of those tasks; with `project_id`, only those of rounds
         imported into that project, so that reading one project never judges another's (a round with
