@@ -82,9 +82,7 @@ def init(config: str | None) -> None:
         counts = ensure_pool(settings, ledger)
     except LabelloopError:
         if new:  # a failed first init leaves no empty ledger that a later one would take as initialised
-            ledger.close()
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{settings.ledger_path}{suffix}").unlink(missing_ok=True)
+            ledger.remove()
         raise
     if counts is None:
         console.print(f"ledger {settings.ledger_path} already holds {ledger.pool_count()} pool items")

@@ -90,6 +90,12 @@ def _utf16_guess(data: bytes) -> str | None:
     return "utf-16-le" if head[1::2].count(0) * 2 >= nuls else "utf-16-be"
 
 
+def _utf16_fix(data: bytes, encoding: str | None, skip: int) -> str | None:
+    """The advice for text that looks like UTF-16 without a byte-order mark (none named), else None."""
+    guess = _utf16_guess(data) if encoding is None and not skip else None
+    return f"it looks like UTF-16 without a byte-order mark: pass --encoding {guess} (pool.encoding)" if guess else None
+
+
 def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
     """The file's text and the encoding read: the one named, else a byte-order mark's, else strict UTF-8."""
     skip, codec, name = 0, encoding or "utf-8", encoding or "utf-8"
@@ -108,11 +114,11 @@ def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
     except UnicodeDecodeError as exc:
         offset = skip + exc.start
         line = data[skip:offset].decode(codec, errors="replace").count("\n") + 1
-        guess = _utf16_guess(data) if encoding is None and not skip else None
+        utf16 = _utf16_fix(data, encoding, skip)
         if skip:
             fix = f"the byte-order mark says {name}, but the file is not (or is cut short): export it again"
-        elif guess:
-            fix = f"it looks like UTF-16 without a byte-order mark: pass --encoding {guess} (pool.encoding)"
+        elif utf16:
+            fix = utf16
         elif encoding is None:
             fix = f"save it as UTF-8 or {_ENCODING_HINT}"
         else:
@@ -123,12 +129,7 @@ def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
     if nul >= 0:
         line = text.count("\n", 0, nul) + 1
         offset = skip + len(text[:nul].encode(codec, errors="replace"))
-        guess = _utf16_guess(data) if encoding is None and not skip else None
-        fix = (
-            f"it looks like UTF-16 without a byte-order mark: pass --encoding {guess} (pool.encoding)"
-            if guess
-            else "a pool file is text: remove it, or export the file again"
-        )
+        fix = _utf16_fix(data, encoding, skip) or "a pool file is text: remove it, or export the file again"
         raise _error(f"{path}:{line}: NUL character (byte offset {offset}); {fix}")
     return text, name
 

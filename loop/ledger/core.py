@@ -117,6 +117,12 @@ class Store:
             conn.close()
             self._local.conn = None
 
+    def remove(self) -> None:
+        """Close and delete the ledger file with its WAL and shared-memory files (a failed first init)."""
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
     # --- schema ----------------------------------------------------------------------------------
     def schema_version(self) -> int:
         """The schema version this file is at (0 for a new, empty file)."""
