@@ -117,7 +117,8 @@ def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_co
                         encoding=encoding or p.encoding)
     except IngestError as exc:  # all rows or none: say so, since a partial store is what people fear
         raise IngestError(f"{exc} (nothing was stored)") from None
-    console.print(f"{path}: read {counts['read']}, added {counts['added']}, duplicates {counts['duplicates']}")
+    how = "".join(f", {k} {counts[k]!r}" for k in ("encoding", "delimiter") if k in counts)  # read other than usual
+    console.print(f"{path}: read {counts['read']}, added {counts['added']}, duplicates {counts['duplicates']}{how}")
 
 
 def print_status(settings: Settings, ledger: Ledger) -> None:

@@ -110,3 +110,15 @@ def test_a_failed_first_init_leaves_no_ledger_and_a_fixed_one_works(tmp_path, mo
     bad.write_text("text,reference\nhello,x\n")
     result = CliRunner().invoke(main, ["init"])
     assert result.exit_code == 0 and "1 items added" in result.output
+
+
+def test_the_cli_says_when_a_file_was_read_with_another_delimiter_or_encoding(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(b"\xef\xbb\xbftext;reference\nyou fool;please reconsider\n")
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(main, ["ingest", str(path)])
+    assert result.exit_code == 0 and "added 1, duplicates 0, encoding 'utf-8-sig', delimiter ';'" in result.output
