@@ -87,38 +87,65 @@ def init(config: str | None) -> None:
     if counts is None:
         console.print(f"ledger {settings.ledger_path} already holds {ledger.pool_count()} pool items")
     else:
-        console.print(
-            f"ledger {settings.ledger_path}: {counts['added']} items added, {counts['duplicates']} duplicates"
-        )
+        console.print(f"ledger {settings.ledger_path}: {ingest_summary(settings.pool.path, counts)}")
+
+
+def ingest_summary(path: str | Path, counts: dict) -> str:
+    """One line of what an ingest did: rows read, items added, merged and duplicate rows, what was stored."""
+    if "removed" in counts:
+        what = (f"added {counts['added']}, updated {counts['updated']}, unchanged {counts['unchanged']}, removed"
+                f" {counts['removed']}")
+        if counts["kept"]:
+            what += f", kept {counts['kept']} that are not in the file but were sent to Label Studio"
+    else:
+        what = f"added {counts['added']}"
+    merged = f", merged {counts['merged']}" if counts.get("merged") else ""
+    how = "".join(f", {k} {counts[k]!r}" for k in ("encoding", "delimiter") if k in counts)  # read other than usual
+    return (f"{path}: read {counts['read']}, {what}{merged}, duplicates {counts['duplicates']}; stored"
+            f" {counts['references']} references, {counts['groups']} group memberships{how}")
 
 
 @main.command(name="ingest")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--text-col", default=None, help="Column with the text to label (default: pool.text_col).")
-@click.option("--reference-col", default=None, help="Column with a reference output (optional).")
-@click.option("--group-col", default=None, help="Column with a subgroup label (optional).")
+@click.option("--reference-col", multiple=True,
+              help="Column with a reference output; repeat it for several (default: pool.reference_col).")
+@click.option("--group-col", multiple=True, help="Column with a subgroup label; repeat it for several (optional).")
+@click.option("--group-sep", default=None, help="Splits one group cell into several groups, e.g. '|'.")
 @click.option("--encoding", default=None,
               help="The file's text encoding, e.g. cp1252 or latin-1 (default: pool.encoding, else UTF-8 or its BOM).")
+@click.option("--replace", is_flag=True,
+              help="Make the pool this file: repairs an ingest with wrong columns; keeps what annotators saw.")
+@click.option("--dry-run", is_flag=True, help="Read the file and say what would change; store nothing.")
 @click.pass_obj
-def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_col: str | None,
-               group_col: str | None, encoding: str | None) -> None:
+def ingest_cmd(config: str | None, path: str, text_col: str | None, reference_col: tuple[str, ...],
+               group_col: tuple[str, ...], group_sep: str | None, encoding: str | None, replace: bool,
+               dry_run: bool) -> None:
     """Add a CSV, TSV, JSONL or Parquet file to the pool; all rows or none.
 
+    A text already in the pool (or repeated in the file) stays one item and keeps every distinct
+    reference and group its rows bring.
+
     \b
-    Example:
+    Examples:
       labelloop ingest comments.jsonl --text-col body --group-col target_group
+      labelloop ingest conan.csv --reference-col cn1 --reference-col cn2 --group-col target
+      labelloop ingest conan.csv --text-col hate_speech --replace --dry-run
     """
     settings = _settings(config)
     ledger = Ledger(settings.ledger_path)
-    p = settings.pool
+    options = settings.pool.read_options()
+    options.update({k: v for k, v in (("text_col", text_col), ("reference_col", list(reference_col)),
+                                      ("group_col", list(group_col)), ("group_sep", group_sep),
+                                      ("encoding", encoding)) if v})
     try:
-        counts = ingest(ledger, path, text_col=text_col or p.text_col,
-                        reference_col=reference_col or p.reference_col, group_col=group_col or p.group_col,
-                        encoding=encoding or p.encoding)
+        counts = ingest(ledger, path, replace=replace, dry_run=dry_run, **options)
     except IngestError as exc:  # all rows or none: say so, since a partial store is what people fear
         raise IngestError(f"{exc} (nothing was stored)") from None
-    how = "".join(f", {k} {counts[k]!r}" for k in ("encoding", "delimiter") if k in counts)  # read other than usual
-    console.print(f"{path}: read {counts['read']}, added {counts['added']}, duplicates {counts['duplicates']}{how}")
+    console.print(ingest_summary(path, counts) + (" (dry run: nothing was stored)" if dry_run else ""))
+    if not replace and counts["added"] == 0:
+        console.print("no new text: to correct how the pool was read before (columns, encoding), run this"
+                      " command with --replace (--dry-run first shows what it changes)")
 
 
 def print_status(settings: Settings, ledger: Ledger) -> None:
@@ -340,6 +367,9 @@ def rollback(config: str | None, version: str) -> None:
 @click.option("--all-verdicts", is_flag=True, help="Include rejected items too (their target is empty).")
 @click.option("--split", default=None, help="Train/dev/test fractions, e.g. 0.8,0.1,0.1 (or train/test: 0.9,0.1).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split (a seeded hash of each item's id).")
+@click.option("--stratify", is_flag=True,
+              help="Give every subgroup the split's shares exactly (a later export may then move items between"
+                   " splits; without it an item keeps its split for good).")
 @click.option("--allow-empty-splits", is_flag=True,
               help="Write a split that received no record instead of refusing (with few verified items).")
 @click.option("--from-studio", is_flag=True,
@@ -347,13 +377,15 @@ def rollback(config: str | None, version: str) -> None:
                    " LABEL_STUDIO_API_KEY) instead of the ledger.")
 @click.pass_obj
 def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], verdicts: tuple[str, ...],
-               all_verdicts: bool, split: str | None, seed: int, allow_empty_splits: bool, from_studio: bool) -> None:
+               all_verdicts: bool, split: str | None, seed: int, stratify: bool, allow_empty_splits: bool,
+               from_studio: bool) -> None:
     """Export the verified dataset with provenance; the same ledger always gives byte-identical files.
 
     \b
     Examples:
       labelloop export --format jsonl -o verified.jsonl
       labelloop export --format hf -o verified_hf --split 0.8,0.1,0.1 --seed 13
+      labelloop export --format jsonl -o splits --split 0.8,0.2 --stratify
       labelloop export --format csv -o rejects.csv --verdict reject --round 2
     """
     from loop import export
@@ -361,11 +393,14 @@ def export_cmd(config: str | None, fmt: str, out: str, rounds: tuple[int, ...], 
     settings = _settings(config)
     chosen = None if all_verdicts else (list(verdicts) or list(USABLE_VERDICTS))
     ratios = export.parse_split(split) if split else None
+    if stratify and not ratios:
+        raise LabelloopError("--stratify applies to a split: add --split, e.g. --split 0.8,0.2")
     if from_studio:
         records = _studio_records(settings, rounds, chosen)
     else:
         records = export.from_ledger(_ledger_or_fail(settings), rounds=list(rounds) or None, verdicts=chosen)
-    data = export.assign_splits(records, ratios, seed, allow_empty=allow_empty_splits) if ratios else records
+    data = (export.assign_splits(records, ratios, seed, allow_empty=allow_empty_splits, stratify=stratify)
+            if ratios else records)
     paths = export.write(data, out, fmt)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.items()) if isinstance(data, dict) else f"{len(records)}"
     console.print(f"exported {sizes} records as {fmt} to {', '.join(str(p) for p in paths)}")
@@ -397,8 +432,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Pool file (CSV, TSV, JSONL, Parquet) with a text and a reference column.")
 @click.option("--text-col", default="text", show_default=True, help="Column with the input text.")
-@click.option("--reference-col", default="reference", show_default=True,
-              help="Column with the reference output: it plays the teacher and grades the test split.")
+@click.option("--reference-col", multiple=True, default=["reference"], show_default=True,
+              help="Column with a reference output; repeat it for several. The first plays the teacher; every one"
+                   " grades the test split.")
 @click.option("--group-col", default=None, help="Subgroup column for the error-ratio variance (default: clusters).")
 @click.option("--out", "out_dir", default="simulate-out", show_default=True, type=click.Path(file_okay=False),
               help="Where results.json, curves.png, groups.png and report.md go.")
@@ -442,7 +478,8 @@ def simulate(**opts: object) -> None:
     from loop.simulate import SimConfig, run
 
     opts["strategies"] = list(opts["strategies"]) or list(STRATEGIES)
-    cfg = SimConfig(**opts, progress=True)
+    refs = list(opts.pop("reference_col"))  # type: ignore[call-overload]
+    cfg = SimConfig(**opts, reference_col=refs[0] if len(refs) == 1 else refs, progress=True)
     result = run(cfg, command="labelloop " + " ".join(sys.argv[1:]))
     console.print(f"simulate: {len(result['records'])} evaluations in {result['timings']['total_s'] / 60:.1f} min; "
                   f"report {Path(cfg.out_dir) / 'report.md'}")

@@ -9,6 +9,7 @@ keys never end up committed next to the config.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -30,11 +31,19 @@ class _Section(BaseModel):
 
 
 class PoolSettings(_Section):
-    path: Path = Path("data/paradetox/pool.tsv")
+    path: Path = Field(Path("data/paradetox/pool.tsv"), description="in a config file: relative to that file")
     text_col: str = "text"
-    reference_col: str | None = "reference"
-    group_col: str | None = None
+    reference_col: str | list[str] | None = Field(
+        "reference", description="column(s) with reference outputs; every one of them is kept"
+    )
+    group_col: str | list[str] | None = Field(None, description="column(s) naming the item's subgroup(s)")
+    group_sep: str | None = Field(None, description="splits one group cell into several groups, e.g. '|'")
     encoding: str | None = Field(None, description="the pool file's text encoding; None: UTF-8, or what its BOM says")
+
+    def read_options(self) -> dict[str, Any]:
+        """The keyword arguments `ingest` takes from these settings (everything but the path)."""
+        return {"text_col": self.text_col, "reference_col": self.reference_col, "group_col": self.group_col,
+                "group_sep": self.group_sep, "encoding": self.encoding}
 
 
 class EmbedSettings(_Section):
@@ -122,6 +131,7 @@ class TeacherSettings(_Section):
 class StudioSettings(_Section):
     url: str | None = Field(None, description="an existing Label Studio; None starts a local one")
     port: int = Field(8080, ge=1, le=65535)
+    show_subgroup: bool = Field(False, description="show each task's subgroup(s) to annotators, under the text")
     project_title: str = "labelloop"
     project_id: int | None = None
 
@@ -240,6 +250,35 @@ def _find_secrets(data: Any, path: str = "") -> list[str]:
     return found
 
 
+# (section, field, must exist): input paths that a config file names relative to itself. Model names
+# may be hub names ("org/name"), so they are resolved only when the file-relative path exists.
+_FILE_RELATIVE = (("pool", "path", True), ("learner", "base_model", False), ("scorer", "model", False),
+                  ("teacher", "template", True), (None, "label_config", True))
+
+
+def _resolve_paths(data: dict[str, Any], config: Path) -> None:
+    """Rewrite the relative input paths in `data` against the config file's folder, like other tools'
+    config files; one that exists only relative to the working directory (how older labelloop read it)
+    is kept so, with a warning."""
+    for section, field, always in _FILE_RELATIVE:
+        holder = data.get(section) if section else data
+        if not isinstance(holder, dict) or not isinstance(holder.get(field), str):
+            continue
+        value = Path(holder[field]).expanduser()
+        if value.is_absolute():
+            continue
+        beside = (config.parent / value).resolve()
+        name = f"{section}.{field}" if section else field
+        if beside.exists() or holder[field].startswith(("./", "../")):
+            holder[field] = str(beside)
+        elif value.exists():
+            logging.getLogger(__name__).warning(
+                "%s: %s %r is read relative to the working directory; write it relative to the config file"
+                " (%s)", config, name, str(value), os.path.relpath(value.resolve(), config.parent.resolve()))
+        elif always:
+            holder[field] = str(beside)
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from an optional TOML file, the environment and keyword overrides (tests).
 
@@ -259,6 +298,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"{path}: config file not found") from None
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
+        if path.suffix != ".json":  # the JSON that `run` hands its children holds resolved paths already
+            _resolve_paths(data, path)
         secrets = _find_secrets(data)
         if secrets:
             raise ConfigError(

@@ -33,6 +33,7 @@ SPLIT_NAMES = ("train", "dev", "test")
 FIELDS: dict[str, str] = {
     "id": "string", "source": "string", "target": "string", "draft": "string", "verdict": "string",
     "edit_distance": "int64", "round": "int64", "cluster": "int64", "subgroup": "string",
+    "subgroups": "string_list", "references": "string_list",
     "teacher_model": "string", "template": "string", "learner_version": "string", "informativeness": "float64",
     "annotator": "string", "lead_time_s": "float64", "created_at": "string", "updated_at": "string",
 }
@@ -55,18 +56,27 @@ def split_teacher(model_version: str | None) -> tuple[str | None, str | None]:
     return model or None, template or None
 
 
+def _strings(values: Any) -> list[str]:
+    """A list of strings from a task's data (a list, one value, or nothing)."""
+    if values is None:
+        return []
+    return [str(v) for v in values] if isinstance(values, list | tuple) else [str(values)]
+
+
 def _record(*, pool_id: int | None, round_: int | None, source: str, target: str | None, draft: str | None,
             verdict: str, cluster: Any, subgroup: Any, teacher: str | None, learner_version: str | None,
             score: Any, annotator: str | None, lead_time: Any, created_at: Any, updated_at: Any,
-            task_id: int | None = None) -> dict:
+            task_id: int | None = None, subgroups: Any = None, references: Any = None) -> dict:
     model, template = split_teacher(teacher)
     target = None if verdict == "reject" else target
+    subgroups = _strings(subgroups) or _strings(subgroup)
     return {
         "id": f"r{round_}-p{pool_id}" if pool_id is not None else f"task-{task_id}",
         "source": source, "target": target, "draft": draft, "verdict": verdict,
         "edit_distance": edit_distance(draft, target), "round": round_,
         "cluster": int(cluster) if cluster is not None else None,
         "subgroup": None if subgroup is None else str(subgroup),
+        "subgroups": subgroups, "references": _strings(references),
         "teacher_model": model, "template": template, "learner_version": learner_version,
         "informativeness": float(score) if score is not None else None, "annotator": annotator,
         "lead_time_s": float(lead_time) if lead_time is not None else None,
@@ -87,13 +97,17 @@ def from_ledger(ledger: Ledger, *, rounds: Iterable[int] | None = None,
     """Export records from the ledger, optionally only some rounds and verdicts, in (round, pool id) order."""
     rounds, verdicts = _check_filters(rounds, verdicts)
     salt = ledger.annotator_salt()
+    rows = ledger.export_rows(rounds, verdicts)
+    ids = [r["pool_id"] for r in rows]
+    references, groups = ledger.references(ids), ledger.memberships(ids)
     return [
         _record(pool_id=r["pool_id"], round_=r["round_id"], source=r["source"], target=r["target"],
                 draft=r["draft"] if r["draft"] is not None else r["shown_draft"], verdict=r["verdict"],
                 cluster=r["cluster"], subgroup=r["subgroup"], teacher=r["teacher"],
                 learner_version=r["learner_version"], score=r["score"], annotator=anonymise(r["annotator"], salt),
-                lead_time=r["lead_time"], created_at=r["created_at"], updated_at=r["updated_at"])
-        for r in ledger.export_rows(rounds, verdicts)
+                lead_time=r["lead_time"], created_at=r["created_at"], updated_at=r["updated_at"],
+                subgroups=groups.get(r["pool_id"]), references=references.get(r["pool_id"]))
+        for r in rows
     ]
 
 
@@ -118,12 +132,22 @@ def from_studio(studio: Any, project_id: int, *, salt: str, rounds: Iterable[int
         out.append(_record(
             pool_id=key[1] if key else None, task_id=ann.task_id, round_=round_, source=str(data.get("text") or ""),
             target=ann.text, draft=ann.draft, verdict=ann.verdict, cluster=data.get("cluster"),
-            subgroup=data.get("subgroup"), teacher=row["model_version"], learner_version=data.get("learner_version"),
+            subgroup=_first_group(data), subgroups=data.get("subgroups"), teacher=row["model_version"],
+            learner_version=data.get("learner_version"),
             score=row["score"], annotator=anonymise(ann.annotator, salt), lead_time=ann.lead_time,
             created_at=ann.created_at, updated_at=ann.updated_at,
         ))
     out.sort(key=lambda r: (r["round"] is None, r["round"] or 0, r["id"]))
     return out
+
+
+def _first_group(data: dict) -> str | None:
+    """A task's own subgroup as the ledger export gives it: the first of its groups (tasks imported before
+    labelloop sent the list carry only `subgroup`; "" means none)."""
+    groups = data.get("subgroups")
+    if isinstance(groups, list) and groups:
+        return str(groups[0])
+    return data.get("subgroup") or None
 
 
 def parse_split(text: str) -> dict[str, float]:
@@ -139,25 +163,53 @@ def parse_split(text: str) -> dict[str, float]:
     return dict(zip(names, parts, strict=True))
 
 
+def _unit(seed: int, record: dict) -> float:
+    """A record's seeded hash as a number in [0, 1): where it falls decides its split."""
+    digest = hashlib.sha256(f"{seed}\x00{record['id']}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _quotas(n: int, ratios: dict[str, float]) -> dict[str, int]:
+    """n records shared by the ratios, rounded by largest remainder (the counts add up to n)."""
+    exact = {name: share * n for name, share in ratios.items()}
+    counts = {name: int(x) for name, x in exact.items()}
+    for name in sorted(exact, key=lambda k: counts[k] - exact[k])[: n - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
 def assign_splits(records: list[dict], ratios: dict[str, float], seed: int, *,
-                  allow_empty: bool = False) -> dict[str, list[dict]]:
+                  allow_empty: bool = False, stratify: bool = False) -> dict[str, list[dict]]:
     """Split records by a seeded hash of their id: deterministic, and an item keeps its split when later
     rounds add records (no test item ever moves into train).
 
-    A split given a share above 0 that receives no record is refused (ExportError) unless
-    `allow_empty`: filling it by moving records would break that stability. A share of 0 is a split
-    asked to be empty."""
+    `stratify` gives every subgroup the ratios' shares exactly (its records ranked by the same hash and
+    cut by largest remainder): fair per-group test sets, at the price of that stability, since a later
+    export with more records may cut a group elsewhere. A split given a share above 0 that receives no
+    record is refused (ExportError) unless `allow_empty`: filling it would break the rule it was cut by.
+    A share of 0 is a split asked to be empty."""
     out: dict[str, list[dict]] = {name: [] for name in ratios}
-    for rec in records:
-        digest = hashlib.sha256(f"{seed}\x00{rec['id']}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        edge, chosen = 0.0, list(ratios)[-1]  # float rounding past the last edge lands in the last split
-        for name, share in ratios.items():
-            edge += share
-            if u < edge:
-                chosen = name
-                break
-        out[chosen].append(rec)
+    if stratify:
+        groups: dict[str, list[dict]] = {}
+        for rec in records:
+            groups.setdefault(str(rec.get("subgroup")), []).append(rec)
+        for members in groups.values():
+            ranked = iter(sorted(members, key=lambda r: _unit(seed, r)))
+            for name, count in _quotas(len(members), ratios).items():
+                out[name] += [next(ranked) for _ in range(count)]
+        order = {id(rec): i for i, rec in enumerate(records)}
+        for name in out:
+            out[name].sort(key=lambda r: order[id(r)])
+    else:
+        for rec in records:
+            u = _unit(seed, rec)
+            edge, chosen = 0.0, list(ratios)[-1]  # float rounding past the last edge lands in the last split
+            for name, share in ratios.items():
+                edge += share
+                if u < edge:
+                    chosen = name
+                    break
+            out[chosen].append(rec)
     empty = [name for name, share in ratios.items() if share > 0 and not out[name]]
     if empty and not allow_empty:
         shares = ",".join(f"{share:g}" for share in ratios.values())
@@ -171,7 +223,15 @@ def assign_splits(records: list[dict], ratios: dict[str, float], seed: int, *,
 def _arrow_schema():
     import pyarrow as pa
 
-    return pa.schema([(name, getattr(pa, kind)()) for name, kind in FIELDS.items()])
+    def arrow(kind: str) -> Any:
+        return pa.list_(pa.string()) if kind == "string_list" else getattr(pa, kind)()
+
+    return pa.schema([(name, arrow(kind)) for name, kind in FIELDS.items()])
+
+
+def _csv_row(record: dict) -> dict:
+    """A record as CSV cells: a list (references, subgroups) is written as a JSON array."""
+    return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in record.items()}
 
 
 def _write_file(records: list[dict], path: Path, fmt: str) -> None:
@@ -184,7 +244,7 @@ def _write_file(records: list[dict], path: Path, fmt: str) -> None:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=list(FIELDS), lineterminator="\n")
             writer.writeheader()
-            writer.writerows(records)
+            writer.writerows(_csv_row(r) for r in records)
             tmp.write_text(buf.getvalue(), encoding="utf-8")
         elif fmt == "parquet":
             import pyarrow as pa
@@ -200,7 +260,10 @@ def _hf_dataset(records: list[dict]):
     import datasets
 
     datasets.disable_progress_bars()  # a bar per shard per split is noise in an export
-    features = datasets.Features({name: datasets.Value(kind) for name, kind in FIELDS.items()})
+    features = datasets.Features({
+        name: datasets.Sequence(datasets.Value("string")) if kind == "string_list" else datasets.Value(kind)
+        for name, kind in FIELDS.items()
+    })
     if not records:  # an empty split still has the schema (from_list/from_dict cannot save an empty one)
         import pyarrow as pa
 

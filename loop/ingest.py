@@ -22,7 +22,7 @@ import difflib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class PoolFile:
     duplicates: int
     encoding: str | None = None  # None for Parquet
     delimiter: str | None = None  # only when not the extension's own (sniffed, or Excel's sep= line)
+    merged: int = 0  # repeated texts whose rows brought another reference or group (kept on the first)
 
 
 @dataclass
@@ -361,12 +362,10 @@ def _missing(where: str, role: str, name: str, names: list[str] | dict[str, None
     return _error(f"{where}: {role} column {name!r} is missing (columns: {_names(names)}){suggestion}{fix}")
 
 
-def _check_header(source: _Source, wanted: dict[str, str | None]) -> None:
+def _check_header(source: _Source, wanted: list[tuple[str, str]]) -> None:
     """Every asked-for column is in the header, exactly once."""
     assert source.columns is not None
-    for role, name in wanted.items():
-        if name is None:
-            continue
+    for role, name in wanted:
         at = [str(i) for i, c in enumerate(source.columns, start=1) if c == name]
         if not at:
             raise _missing(source.where, role, name, source.columns, source.hint)
@@ -409,59 +408,100 @@ def _cell(path: Path, line: int, row: dict, column: str, *, required: bool) -> s
     return value.strip()
 
 
+def _columns(value: str | Sequence[str] | None) -> list[str]:
+    """A column setting as a list: None is none, a string is one column, a list is several."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(dict.fromkeys(value))
+
+
+def _values(path: Path, line: int, row: dict, column: str, sep: str | None) -> list[str]:
+    """The non-empty texts of an optional cell: a JSON list of strings gives one each, `sep` splits a string."""
+    value = row.get(column)
+    if isinstance(value, list):  # JSONL / Parquet: several references or groups in one cell
+        cells = [_cell(path, line, {column: v}, column, required=False) for v in value]
+        return list(dict.fromkeys(c for c in cells if c is not None))
+    cell = _cell(path, line, row, column, required=False)
+    if cell is None:
+        return []
+    parts = cell.split(sep) if sep else [cell]
+    return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
 def read_pool(
     path: str | Path,
     *,
     text_col: str = "text",
-    reference_col: str | None = None,
-    group_col: str | None = None,
+    reference_col: str | Sequence[str] | None = None,
+    group_col: str | Sequence[str] | None = None,
     encoding: str | None = None,
+    group_sep: str | None = None,
 ) -> PoolFile:
-    """Validate a whole pool file; `encoding` None: a byte-order mark's, else strict UTF-8 (Parquet: unused)."""
+    """Validate a whole pool file; `encoding` None: a byte-order mark's, else strict UTF-8 (Parquet: unused).
+
+    Several reference or group columns may be named; a text repeated in the file is one item that keeps
+    every distinct reference and group of its rows (`merged` counts such rows), never only the first's.
+    """
     path = Path(path)
-    wanted = {"text": text_col, "reference": reference_col, "group": group_col}
-    source = _open(path, [c for c in wanted.values() if c], encoding)
+    references, groups = _columns(reference_col), _columns(group_col)
+    wanted = [("text", text_col)] + [("reference", c) for c in references] + [("group", c) for c in groups]
+    source = _open(path, [name for _, name in wanted], encoding)
     if source.columns is not None:
         _check_header(source, wanted)
     rows: list[dict] = []
-    seen: set[str] = set()
-    duplicates = 0
+    by_norm: dict[str, dict] = {}
+    duplicates = merged = 0
     for line, raw in source.rows:
         text = _cell(path, line, raw, text_col, required=True)
         assert text is not None
-        reference = _cell(path, line, raw, reference_col, required=False) if reference_col else None
-        subgroup = _cell(path, line, raw, group_col, required=False) if group_col else None
+        refs = list(dict.fromkeys(v for c in references for v in _values(path, line, raw, c, None)))
+        subgroups = list(dict.fromkeys(v for c in groups for v in _values(path, line, raw, c, group_sep)))
         norm = normalise(text)
-        if norm in seen:
-            duplicates += 1
+        first = by_norm.get(norm)
+        if first is not None:
+            new_refs = [r for r in refs if r not in first["references"]]
+            new_groups = [g for g in subgroups if g not in first["subgroups"]]
+            if new_refs or new_groups:
+                first["references"] += new_refs
+                first["subgroups"] += new_groups
+                merged += 1
+            else:
+                duplicates += 1
             continue
-        seen.add(norm)
-        rows.append(
-            {"text": text, "norm": norm, "reference": reference, "subgroup": subgroup, "source": path.name,
-             "line": line}
-        )
+        row = {"text": text, "norm": norm, "references": refs, "subgroups": subgroups, "source": path.name,
+               "line": line}
+        by_norm[norm] = row
+        rows.append(row)
     if not rows:
         what = "the file holds a header and no rows" if source.columns is not None else "the file holds no rows"
         raise _error(f"{path}: no rows to ingest: {what}")
     if source.columns is None:  # JSONL: an optional column may be absent from some lines, not from all
-        for role in ("reference", "group"):
-            name = wanted[role]
-            if name is not None and name not in source.keys:
+        for role, name in wanted[1:]:
+            if name not in source.keys:
                 raise _missing(f"{path}", role, name, source.keys)
-    return PoolFile(rows, duplicates, source.encoding, source.delimiter)
+    for row in rows:  # the first reference and group stay the item's own: the teacher replays that one
+        row["reference"] = row["references"][0] if row["references"] else None
+        row["subgroup"] = row["subgroups"][0] if row["subgroups"] else None
+    return PoolFile(rows, duplicates, source.encoding, source.delimiter, merged)
 
 
 def parse_pool(
     path: str | Path,
     *,
     text_col: str = "text",
-    reference_col: str | None = None,
-    group_col: str | None = None,
+    reference_col: str | Sequence[str] | None = None,
+    group_col: str | Sequence[str] | None = None,
     encoding: str | None = None,
+    group_sep: str | None = None,
 ) -> tuple[list[dict], int]:
     """Validate a whole pool file and return (rows, duplicates within the file)."""
-    pool = read_pool(path, text_col=text_col, reference_col=reference_col, group_col=group_col, encoding=encoding)
+    pool = read_pool(path, text_col=text_col, reference_col=reference_col, group_col=group_col, encoding=encoding,
+                     group_sep=group_sep)
     return pool.rows, pool.duplicates
+
+
+class _DryRun(Exception):
+    """Raised inside the ingest transaction to roll back what a dry run stored; carries the counts."""
 
 
 def ingest(
@@ -469,18 +509,36 @@ def ingest(
     path: str | Path,
     *,
     text_col: str = "text",
-    reference_col: str | None = None,
-    group_col: str | None = None,
+    reference_col: str | Sequence[str] | None = None,
+    group_col: str | Sequence[str] | None = None,
     encoding: str | None = None,
+    group_sep: str | None = None,
+    replace: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Validate the whole file, then store it in one transaction; counts, plus `encoding`/`delimiter` if unusual."""
-    pool = read_pool(path, text_col=text_col, reference_col=reference_col, group_col=group_col, encoding=encoding)
-    added, dup_in_ledger = ledger.add_pool(pool.rows)
-    counts: dict[str, Any] = {
-        "read": len(pool.rows) + pool.duplicates,
-        "added": added,
-        "duplicates": pool.duplicates + dup_in_ledger,
-    }
+    """Validate the whole file, then store it in one transaction; counts, plus `encoding`/`delimiter` if unusual.
+
+    `replace` makes the pool what the file says (the repair for a file ingested with the wrong columns):
+    stored texts take the file's references and groups, texts not in the file go, except those already
+    sent to Label Studio, which stay with their verifications. `dry_run` counts without storing.
+    """
+    pool = read_pool(path, text_col=text_col, reference_col=reference_col, group_col=group_col, encoding=encoding,
+                     group_sep=group_sep)
+    try:
+        with ledger.transaction():
+            stored = ledger.replace_pool(pool.rows) if replace else ledger.merge_pool(pool.rows)
+            if dry_run:
+                raise _DryRun(stored)
+    except _DryRun as done:
+        stored = done.args[0]
+    counts: dict[str, Any] = {"read": len(pool.rows) + pool.duplicates + pool.merged}
+    if replace:
+        counts.update({k: stored[k] for k in ("added", "updated", "unchanged", "removed", "kept")})
+        counts.update(merged=pool.merged, duplicates=pool.duplicates)
+    else:
+        counts.update(added=stored["added"], merged=pool.merged + stored["enriched"],
+                      duplicates=pool.duplicates + stored["unchanged"])
+    counts.update(references=stored["references"], groups=stored["groups"])
     if pool.encoding not in (None, "utf-8"):
         counts["encoding"] = pool.encoding
     if pool.delimiter is not None:

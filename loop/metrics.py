@@ -1,9 +1,11 @@
 """The paper's evaluation metrics for a learner's outputs on a test split.
 
-- task score: corpus chrF and BLEU against the references (sacrebleu);
+- task score: corpus chrF and BLEU against the references (sacrebleu); an item may have several
+  references (multi-reference chrF/BLEU; sentence chrF takes the best-matching one);
 - attribute adherence: share of outputs a judge scores as offensive (score >= a threshold);
 - error-ratio variance: per subgroup, the failure rate (judge says offensive, or sentence chrF under a
-  threshold), then the population variance of those rates across subgroups;
+  threshold), then the population variance of those rates across subgroups (an item in several
+  subgroups counts in each);
 - lexical diversity: MTLD (lexicalrichness, threshold 0.72) over all outputs together.
 
 Functions take plain lists and return plain numbers / dicts, so they can be checked by hand.
@@ -25,24 +27,41 @@ def _same_length(what: str, **columns: Sequence) -> int:
     return next(iter(sizes.values()), 0)
 
 
-def task_scores(outputs: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus chrF and BLEU (sacrebleu defaults, 0-100) of outputs against one reference each."""
+References = Sequence[str] | Sequence[Sequence[str]]
+
+
+def _reference_lists(references: References) -> list[list[str]]:
+    """Each item's references as a non-empty list (one string is one reference)."""
+    out = [[str(r)] if isinstance(r, str) else [str(x) for x in r] for r in references]
+    empty = [i for i, refs in enumerate(out) if not refs]
+    if empty:
+        raise ValueError(f"references: item {empty[0]} has none")
+    return out
+
+
+def task_scores(outputs: Sequence[str], references: References) -> dict[str, float]:
+    """Corpus chrF and BLEU (sacrebleu defaults, 0-100) of outputs against each item's reference(s)."""
     import sacrebleu
 
     if _same_length("task_scores", outputs=outputs, references=references) == 0:
         raise ValueError("task_scores needs at least one (output, reference) pair")
-    hyps, refs = [str(o) for o in outputs], [[str(r) for r in references]]
-    chrf, bleu = sacrebleu.corpus_chrf(hyps, refs), sacrebleu.corpus_bleu(hyps, refs)
+    lists = _reference_lists(references)
+    width = max(len(refs) for refs in lists)
+    # sacrebleu takes reference streams; an item with fewer references leaves its later streams None
+    streams = [[refs[k] if k < len(refs) else None for refs in lists] for k in range(width)]
+    hyps = [str(o) for o in outputs]
+    chrf, bleu = sacrebleu.corpus_chrf(hyps, streams), sacrebleu.corpus_bleu(hyps, streams)
     return {"chrf": float(chrf.score), "bleu": float(bleu.score)}
 
 
-def sentence_chrf(outputs: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Sentence-level chrF (0-100) of each output against its reference (for per-item failures)."""
+def sentence_chrf(outputs: Sequence[str], references: References) -> list[float]:
+    """Sentence-level chrF (0-100) of each output against its reference(s) (for per-item failures)."""
     from sacrebleu.metrics import CHRF
 
     _same_length("sentence_chrf", outputs=outputs, references=references)
     metric = CHRF()
-    return [float(metric.sentence_score(str(o), [str(r)]).score) for o, r in zip(outputs, references, strict=True)]
+    return [float(metric.sentence_score(str(o), refs).score)
+            for o, refs in zip(outputs, _reference_lists(references), strict=True)]
 
 
 def offensive_share(judge_scores: Sequence[float], threshold: float = 0.5) -> float:
@@ -61,14 +80,21 @@ def failures(
     return [bool(j >= judge_threshold or c < chrf_threshold) for j, c in zip(judge_scores, chrf, strict=True)]
 
 
+def _memberships(group: object) -> list[str]:
+    """An item's subgroups: several when it is a list or tuple, else the one it names."""
+    return [str(g) for g in group] if isinstance(group, list | tuple) else [str(group)]
+
+
 def group_rates(failed: Sequence[bool], groups: Sequence[object]) -> dict[str, dict[str, float]]:
-    """Failure rate of every subgroup: {group: {"n": items, "failures": count, "rate": share}}, sorted by name."""
+    """Failure rate of every subgroup: {group: {"n": items, "failures": count, "rate": share}}, sorted by name.
+
+    An item whose group is a list belongs to each group in it."""
     _same_length("group_rates", failed=failed, groups=groups)
-    out: dict[str, dict[str, float]] = {}
-    for g in sorted({str(g) for g in groups}):
-        member = [bool(f) for f, gg in zip(failed, groups, strict=True) if str(gg) == g]
-        out[g] = {"n": len(member), "failures": sum(member), "rate": sum(member) / len(member)}
-    return out
+    members: dict[str, list[bool]] = {}
+    for f, group in zip(failed, groups, strict=True):
+        for g in dict.fromkeys(_memberships(group)):
+            members.setdefault(g, []).append(bool(f))
+    return {g: {"n": len(m), "failures": sum(m), "rate": sum(m) / len(m)} for g, m in sorted(members.items())}
 
 
 def error_ratio_variance(rates: dict[str, dict[str, float]] | Sequence[float]) -> float:
@@ -92,7 +118,7 @@ def mtld(texts: Sequence[str], threshold: float = MTLD_THRESHOLD) -> float:
 
 def evaluate(
     outputs: Sequence[str],
-    references: Sequence[str],
+    references: References,
     judge_scores: Sequence[float],
     groups: Sequence[object],
     *,

@@ -37,3 +37,21 @@ def annotation_result(verdict: str, text: str, comment: str | None = None, *, fr
     if comment:
         result.append(region(FROM_COMMENT, "textarea", "manual", {"text": [comment]}))
     return result
+
+
+SUBGROUP_VIEW = (
+    '<View style="margin: 0.5em 0"><Header value="Group the text is about" size="6"/>'
+    '<Text name="subgroup" value="$subgroup"/></View>'
+)
+
+
+def with_subgroup(label_config: str) -> str:
+    """The label config with the task's subgroup(s) shown under the source text (studio.show_subgroup):
+    annotators judge a counter-narrative better when they know whom the hateful text targets."""
+    if 'name="subgroup"' in label_config:
+        return label_config
+    at = label_config.find(f'name="{TO_NAME}"')
+    end = label_config.find(">", at) if at >= 0 else -1
+    if end < 0:
+        raise ValueError(f"the label config has no element named {TO_NAME!r} to show the subgroup under")
+    return label_config[: end + 1] + "\n  " + SUBGROUP_VIEW + label_config[end + 1 :]

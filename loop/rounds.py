@@ -292,12 +292,14 @@ def import_round(ctx: Context, round_id: int) -> int:
     batch = [b for b in ctx.ledger.batch(round_id) if b["draft"]]
     model_version = ctx.ledger.find_meta(f"round:{round_id}:model_version", "teacher")
     learner_version = ctx.ledger.get_round(round_id)["learner_version"]
-    # subgroup and learner version travel with the task: a label config can show the group ($subgroup),
+    # subgroups and learner version travel with the task: a label config can show the groups ($subgroup,
+    # all of them joined; "" for none, since Label Studio refuses a null where a config shows the field),
     # and an export read straight from Label Studio keeps its provenance
+    groups = ctx.ledger.memberships([b["pool_id"] for b in batch])
     items = [
         {"key": task_key(round_id, b["pool_id"]), "text": b["text"], "draft": b["draft"], "score": b["score"],
-         "meta": {"round": round_id, "cluster": b["cluster"], "subgroup": b["subgroup"],
-                  "learner_version": learner_version}}
+         "meta": {"round": round_id, "cluster": b["cluster"], "learner_version": learner_version,
+                  "subgroup": ", ".join(groups.get(b["pool_id"], [])), "subgroups": groups.get(b["pool_id"], [])}}
         for b in batch
     ]
     ctx.ledger.set_round_project(round_id, ctx.project_id)

@@ -26,6 +26,7 @@ from loop.config import INSTANCE_ENV, WEBHOOK_SECRET_HEADER, Settings
 from loop.errors import ServiceError, StudioError
 from loop.ingest import ingest
 from loop.ledger import Ledger
+from loop.regions import with_subgroup
 from loop.rounds import Context
 from loop.scheduler import LOCK_NAME, ProjectLock
 
@@ -51,9 +52,7 @@ def ensure_pool(settings: Settings, ledger: Ledger) -> dict | None:
     """Ingest the configured pool file when the ledger has no pool yet."""
     if ledger.pool_count():
         return None
-    p = settings.pool
-    return ingest(ledger, p.path, text_col=p.text_col, reference_col=p.reference_col, group_col=p.group_col,
-                  encoding=p.encoding)
+    return ingest(ledger, settings.pool.path, **settings.pool.read_options())
 
 
 def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, what: str = "service",
@@ -149,9 +148,10 @@ def connect_project(ctx: Context, backend_url: str) -> int:
     stored = ctx.ledger.find_meta("project_id")
     wanted = s.studio.project_id or (int(stored) if stored else None)
     check_project_continuity(ctx, wanted)
-    project_id = ctx.studio.ensure_project(
-        s.studio.project_title, s.label_config_path.read_text(encoding="utf-8"), wanted
-    )
+    label_config = s.label_config_path.read_text(encoding="utf-8")
+    if s.studio.show_subgroup:
+        label_config = with_subgroup(label_config)
+    project_id = ctx.studio.ensure_project(s.studio.project_title, label_config, wanted)
     ctx.ledger.set_meta("project_id", str(project_id))
     url = (s.backend.public_url or backend_url).rstrip("/")
     auth = s.backend_auth

@@ -153,7 +153,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         f"{result['data']['test']} items (never selectable); subgroups: {result['data']['subgroups']}.",
         f"{cfg['rounds']} rounds x budget {cfg['budget']} per round, K = {cfg['k']} clusters, "
         f"seeds {', '.join(map(str, cfg['seeds']))}; verifier rejects {cfg['reject_rate']:.0%} of the selected "
-        f"items; teacher = the `{cfg['reference_col']}` column. R (selects) = {result['r']}.",
+        f"items; teacher = {_teacher(cfg['reference_col'])}. R (selects) = {result['r']}.",
         f"Learner: `{cfg['learner']}`; {result['training']} ({cfg['epochs']} epochs, lr {cfg['lr']}).",
         f"Wall time: {result['timings']['total_s'] / 60:.1f} min ({result['machine']['cpu']}).",
         "",
@@ -228,3 +228,11 @@ if __name__ == "__main__":  # rewrite the plots and report of an earlier run: py
 
     folder = Path(sys.argv[1])
     write(json.loads((folder / "results.json").read_text()), folder)
+
+
+def _teacher(columns: str | list[str]) -> str:
+    """Which reference column plays the teacher and, with several, that the test split is scored on all."""
+    if isinstance(columns, str):
+        return f"the `{columns}` column"
+    every = ", ".join(f"`{c}`" for c in columns)
+    return f"the `{columns[0]}` column (the test split is scored against all of {every})"

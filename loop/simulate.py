@@ -42,7 +42,7 @@ class SimConfig:
 
     data: str
     text_col: str = "text"
-    reference_col: str = "reference"
+    reference_col: str | list[str] = "reference"  # several: every one is a reference the test split is scored on
     group_col: str | None = None
     out_dir: str = "simulate-out"
     learner: str = "models/starter"
@@ -93,8 +93,8 @@ class Split:
     pool_ref: list[str]
     pool_cluster: np.ndarray
     test_text: list[str]
-    test_ref: list[str]
-    test_group: list[str]
+    test_ref: list[list[str]]  # every reference of each test item
+    test_group: list[object]  # a group name, or the list of an item's groups
     skipped: list[int]  # file lines without a reference
 
 
@@ -198,15 +198,17 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     labels = cluster(vectors, k=cfg.k, seed=cfg.split_seed)
     pool_cluster, test_cluster = labels[: len(pool)], labels[len(pool):]
     timings["embed_cluster_s"] = time.perf_counter() - t
-    test_text, test_ref = [r["text"] for r in test], [r["reference"] for r in test]
-    test_group = ([r["subgroup"] for r in test] if cfg.group_col else [f"cluster {c}" for c in test_cluster])
+    # the test split is scored against every reference of an item and counted in every group it is in
+    test_text, test_ref = [r["text"] for r in test], [r["references"] for r in test]
+    test_group = ([r["subgroups"] for r in test] if cfg.group_col else [f"cluster {c}" for c in test_cluster])
     pool_text, pool_ref = [r["text"] for r in pool], [r["reference"] for r in pool]
     judge_info["flags_test_inputs"] = metrics.offensive_share(judge(test_text), cfg.judge_threshold)
-    judge_info["flags_test_references"] = metrics.offensive_share(judge(test_ref), cfg.judge_threshold)
+    every_ref = [ref for refs in test_ref for ref in refs]
+    judge_info["flags_test_references"] = metrics.offensive_share(judge(every_ref), cfg.judge_threshold)
     if cfg.judge == "probe":
         trained = {normalise(t) for t in scorer.read_labelled(cfg.judge_data, text_col=cfg.judge_text_col,
                                                                negative_col=cfg.judge_negative_col)[0]}
-        judge_info["overlap_with_test"] = sum(normalise(t) in trained for t in test_text + test_ref)
+        judge_info["overlap_with_test"] = sum(normalise(t) in trained for t in test_text + every_ref)
 
     with tempfile.TemporaryDirectory(prefix="labelloop-sim-") as tmp:
         ct2_cache = Path(tmp) / ".ct2"

@@ -40,7 +40,7 @@ def read_back(path: Path, fmt: str) -> list[dict]:
     if fmt == "csv":
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        casts = {"int64": int, "float64": float, "string": str}
+        casts = {"int64": int, "float64": float, "string": str, "string_list": json.loads}
         return [{k: (casts[export.FIELDS[k]](v) if v != "" else None) for k, v in r.items()} for r in rows]
     if fmt == "parquet":
         return pq.read_table(path).to_pylist()
@@ -55,7 +55,8 @@ def test_a_record_carries_the_pair_and_its_provenance(ledger):
     salt = ledger.annotator_salt()
     assert records["r1-p3"] == {
         "id": "r1-p3", "source": "rude sentence 3", "target": "edited rewrite 3", "draft": "polite rewrite 3",
-        "verdict": "edit", "edit_distance": 4, "round": 1, "cluster": 0, "subgroup": "a",
+        "verdict": "edit", "edit_distance": 4, "round": 1, "cluster": 0, "subgroup": "a", "subgroups": ["a"],
+        "references": ["ref 3"],
         "teacher_model": "gpt-4o", "template": "style_transfer@2", "learner_version": "v0",
         "informativeness": 0.87, "annotator": status.anonymise("bob@example.org", salt), "lead_time_s": 40.0,
         "created_at": "2026-03-01T09:20:00Z", "updated_at": "2026-03-01T09:20:40Z",

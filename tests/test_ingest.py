@@ -39,12 +39,15 @@ def ledger(tmp_path):
 @pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl", "parquet"])
 def test_each_format_ingests_with_columns_and_dedup(tmp_path, ledger, kind):
     counts = ingest(ledger, write(tmp_path, kind, ROWS), text_col="body", reference_col="ref", group_col="grp")
-    assert counts == {"read": 3, "added": 2, "duplicates": 1}
+    # the repeated text brings a second reference: merged into the first item, not dropped
+    assert counts == {"read": 3, "added": 2, "merged": 1, "duplicates": 0, "references": 2, "groups": 2}
     items = ledger.pool_items()
     assert [(i["text"], i["reference"], i["subgroup"]) for i in items] == [
         ("You are an idiot", "You are wrong", "a"),
         ("What a stupid take", None, "b"),
     ]
+    assert ledger.references() == {items[0]["id"]: ["You are wrong", "dup"]}
+    assert ledger.memberships() == {items[0]["id"]: ["a"], items[1]["id"]: ["b"]}
     # a second ingest of the same file adds nothing
     assert ingest(ledger, write(tmp_path, kind, ROWS), text_col="body")["added"] == 0
 

@@ -291,5 +291,7 @@ def test_a_file_that_can_be_read_is_read_right(tmp_path: Path, name: str, data: 
     assert [(r["line"], r["text"], r["reference"], r["subgroup"]) for r in parsed] == rows
     ledger = Ledger(tmp_path / "ledger.sqlite")
     counts = ingest(ledger, path, **kw)
-    assert counts == {"read": len(rows), "added": len(rows), "duplicates": 0, **extra}
+    assert counts == {"read": len(rows), "added": len(rows), "merged": 0, "duplicates": 0,
+                      "references": sum(r[2] is not None for r in rows), "groups": sum(r[3] is not None for r in rows),
+                      **extra}
     assert [(i["text"], i["reference"], i["subgroup"]) for i in ledger.pool_items()] == [r[1:] for r in rows]

@@ -250,3 +250,21 @@ def test_tasks_carry_subgroup_and_learner_version_and_a_studio_export_keeps_them
     records = export.from_studio(studio, ctx.project_id, salt="s", verdicts=None)
     assert len(records) == 4 and all(r["subgroup"] in ("women", "immigrants") for r in records)
     assert {r["learner_version"] for r in records} == {"v0"}
+
+
+def test_a_text_in_two_groups_carries_both_to_its_task(tmp_path, starter_model):
+    """A text listed under two groups is one item whose task names both (it was one group, the first)."""
+    pool = tmp_path / "groups.tsv"
+    pool.write_text("text\treference\tgroup\n" + "".join(
+        f"you idiot number {i}\tplease, number {i}\t{g}\n" for i in range(4) for g in ("women", "immigrants")))
+    settings = load_settings(data_dir=str(tmp_path / "labelloop"), pool__path=str(pool), pool__group_col="group",
+                             learner__base_model=str(starter_model), cluster__k=2, select__budget=4)
+    ledger = Ledger(settings.ledger_path)
+    assert ensure_pool(settings, ledger)["merged"] == 4
+    studio = MemStudio()
+    ctx = rounds.Context(settings, ledger, studio,
+                         project_id=studio.ensure_project("groups", settings.label_config_path.read_text()))
+    settle(ctx)
+    data = [t["data"] for t in studio.tasks(ctx.project_id)]
+    assert len(data) == 4
+    assert all(d["subgroups"] == ["women", "immigrants"] and d["subgroup"] == "women, immigrants" for d in data)

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from loop.localstudio import LocalStudio
+from loop.regions import with_subgroup
 from loop.studio import Studio, StudioError, check_label_config, parse_verdict
 from tests.support import task_items
 
@@ -107,6 +108,22 @@ def test_label_config_accepted(studio: Studio, label_studio: LocalStudio, name: 
     (task,) = _tasks(label_studio, pid)
     assert task["id"] == ids["item-0"]
     assert task["predictions"][0]["result"][0]["value"]["text"] == ["draft reply 0"]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_config_that_shows_the_subgroup_is_accepted_with_tasks_that_carry_it(
+        studio: Studio, label_studio: LocalStudio, name: str) -> None:
+    config = with_subgroup(CONFIGS[name])
+    check_label_config(config)
+    pid = studio.ensure_project(_title(f"{name}-groups"), config)
+    project = _api(label_studio, "GET", f"/api/projects/{pid}/").json()
+    assert '<Text name="subgroup" value="$subgroup"/>' in project["label_config"]
+    items = task_items(2)
+    items[0]["meta"] |= {"subgroup": "women, migrants", "subgroups": ["women", "migrants"]}
+    items[1]["meta"] |= {"subgroup": "", "subgroups": []}  # what labelloop sends for an item in no group
+    studio.import_batch(pid, items, model_version="v-groups")
+    data = sorted((t["data"] for t in _tasks(label_studio, pid)), key=lambda d: d["labelloop_key"])
+    assert [(d["subgroup"], d["subgroups"]) for d in data] == [("women, migrants", ["women", "migrants"]), ("", [])]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 
 import numpy as np
@@ -13,22 +14,127 @@ class PoolTables(Store):
     """The pool U and what is computed over it: embeddings, clusters, interim outputs G(x) and scores R(G(x))."""
 
     def add_pool(self, rows: list[dict]) -> tuple[int, int]:
-        """Insert pool rows (text, reference, subgroup, norm, source, line) in one transaction.
+        """Insert pool rows (text, norm, reference(s), subgroup(s), source, line) in one transaction.
 
-        Returns (added, duplicates): rows whose normalised text is already stored are skipped.
+        Returns (added, duplicates): a row whose normalised text is already stored adds no item (its
+        references and groups are attached to the stored one; `merge_pool` says how many).
         """
+        counts = self.merge_pool(rows)
+        return counts["added"], len(rows) - counts["added"]
+
+    def merge_pool(self, rows: list[dict]) -> dict[str, int]:
+        """Insert new items; a text already stored keeps its item and gains the references and groups it lacks.
+
+        Counts: added items, enriched items (stored before, given something new), unchanged rows, and
+        the references and group memberships stored.
+        """
+        counts = dict.fromkeys(("added", "enriched", "unchanged", "references", "groups"), 0)
         stamp = now()
-        added = 0
         with self.transaction() as conn:
             for row in rows:
+                refs, groups = _listed(row, "references", "reference"), _listed(row, "subgroups", "subgroup")
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO pool(text, reference, subgroup, norm, source, line, ingested_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [row["text"], row.get("reference"), row.get("subgroup"), row["norm"],
+                    [row["text"], refs[0] if refs else None, groups[0] if groups else None, row["norm"],
                      row.get("source"), row.get("line"), stamp],
                 )
-                added += cur.rowcount
-        return added, len(rows) - added
+                added = cur.rowcount == 1
+                pool_id = cur.lastrowid if added else conn.execute(
+                    "SELECT id FROM pool WHERE norm = ?", [row["norm"]]
+                ).fetchone()[0]
+                new_refs = _attach(conn, "pool_references", "reference", pool_id, refs)
+                new_groups = _attach(conn, "pool_groups", "subgroup", pool_id, groups)
+                counts["references"] += new_refs
+                counts["groups"] += new_groups
+                if added:
+                    counts["added"] += 1
+                elif new_refs or new_groups:  # the first reference and group become the item's own if it had none
+                    conn.execute(
+                        "UPDATE pool SET reference = coalesce(reference, ?), subgroup = coalesce(subgroup, ?)"
+                        " WHERE id = ?",
+                        [refs[0] if refs else None, groups[0] if groups else None, pool_id],
+                    )
+                    counts["enriched"] += 1
+                else:
+                    counts["unchanged"] += 1
+        return counts
+
+    def replace_pool(self, rows: list[dict]) -> dict[str, int]:
+        """Make the pool what `rows` say, keeping every item annotators have seen.
+
+        A stored text in `rows` takes their references and groups instead of its own (its id, and so
+        its verifications, stay); a new text is added; a stored text not in `rows` is deleted with its
+        embedding, cluster and scores unless it was ever sent to Label Studio, in which case it is kept
+        and counted. One transaction: all of it or nothing.
+        """
+        counts = dict.fromkeys(("added", "updated", "unchanged", "removed", "kept", "references", "groups"), 0)
+        stamp = now()
+        with self.transaction() as conn:
+            stored = {norm: i for i, norm in conn.execute("SELECT id, norm FROM pool")}
+            sent = {r[0] for r in conn.execute("SELECT DISTINCT pool_id FROM batch_items")}
+            for row in rows:
+                refs, groups = _listed(row, "references", "reference"), _listed(row, "subgroups", "subgroup")
+                pool_id = stored.pop(row["norm"], None)
+                if pool_id is None:
+                    pool_id = conn.execute(
+                        "INSERT INTO pool(text, reference, subgroup, norm, source, line, ingested_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [row["text"], refs[0] if refs else None, groups[0] if groups else None, row["norm"],
+                         row.get("source"), row.get("line"), stamp],
+                    ).lastrowid
+                    counts["added"] += 1
+                else:
+                    before = (_stored(conn, "pool_references", "reference", pool_id),
+                              _stored(conn, "pool_groups", "subgroup", pool_id))
+                    if before == (refs, groups):
+                        counts["unchanged"] += 1
+                        continue
+                    conn.execute("DELETE FROM pool_references WHERE pool_id = ?", [pool_id])
+                    conn.execute("DELETE FROM pool_groups WHERE pool_id = ?", [pool_id])
+                    conn.execute(
+                        "UPDATE pool SET reference = ?, subgroup = ?, source = ?, line = ? WHERE id = ?",
+                        [refs[0] if refs else None, groups[0] if groups else None, row.get("source"),
+                         row.get("line"), pool_id],
+                    )
+                    counts["updated"] += 1
+                counts["references"] += _attach(conn, "pool_references", "reference", pool_id, refs)
+                counts["groups"] += _attach(conn, "pool_groups", "subgroup", pool_id, groups)
+            gone = [i for i in stored.values() if i not in sent]
+            counts["kept"] = len(stored) - len(gone)
+            for chunk in chunks(gone):
+                marks = placeholders(len(chunk))
+                for table in ("embeddings", "clusters", "scores", "pool_references", "pool_groups"):
+                    conn.execute(f"DELETE FROM {table} WHERE pool_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM pool WHERE id IN ({marks})", chunk)
+            counts["removed"] = len(gone)
+        return counts
+
+    def references(self, ids: Iterable[int] | None = None) -> dict[int, list[str]]:
+        """pool_id -> every reference of the item, the item's own first (items with none are absent)."""
+        return self._lists("pool_references", "reference", ids)
+
+    def memberships(self, ids: Iterable[int] | None = None) -> dict[int, list[str]]:
+        """pool_id -> every subgroup the item belongs to, its own first (items with none are absent)."""
+        return self._lists("pool_groups", "subgroup", ids)
+
+    def _lists(self, table: str, column: str, ids: Iterable[int] | None) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        if ids is None:
+            rows = self.conn.execute(f"SELECT pool_id, {column} FROM {table} ORDER BY pool_id, position").fetchall()
+        else:
+            rows = [
+                r
+                for chunk in chunks(list(ids))
+                for r in self.conn.execute(
+                    f"SELECT pool_id, {column} FROM {table} WHERE pool_id IN ({placeholders(len(chunk))})"
+                    " ORDER BY pool_id, position",
+                    chunk,
+                )
+            ]
+        for pool_id, value in rows:
+            out.setdefault(pool_id, []).append(value)
+        return out
 
     def pool_count(self) -> int:
         """How many items the pool holds."""
@@ -151,3 +257,33 @@ class PoolTables(Store):
             if r[0] in wanted
         }
 
+
+
+def _listed(row: dict, many: str, one: str) -> list[str]:
+    """A row's references (or groups): its list when it has one, else its single value, else none."""
+    values = row.get(many)
+    if values is None:
+        values = [row[one]] if row.get(one) else []
+    return list(dict.fromkeys(values))
+
+
+def _attach(conn: sqlite3.Connection, table: str, column: str, pool_id: int, values: list[str]) -> int:
+    """Store the values an item lacks after the ones it has (their order kept); how many were new."""
+    if not values:
+        return 0
+    start = conn.execute(
+        f"SELECT coalesce(max(position), -1) + 1 FROM {table} WHERE pool_id = ?", [pool_id]
+    ).fetchone()[0]
+    added = 0
+    for value in values:
+        cur = conn.execute(
+            f"INSERT OR IGNORE INTO {table}(pool_id, position, {column}) VALUES (?, ?, ?)",
+            [pool_id, start + added, value],
+        )
+        added += cur.rowcount
+    return added
+
+
+def _stored(conn: sqlite3.Connection, table: str, column: str, pool_id: int) -> list[str]:
+    """An item's stored references (or groups), in order."""
+    return [r[0] for r in conn.execute(f"SELECT {column} FROM {table} WHERE pool_id = ? ORDER BY position", [pool_id])]

@@ -183,6 +183,19 @@ def m004_version_gate(conn: sqlite3.Connection) -> None:
     add_column(conn, "model_versions", "pruned", "INTEGER NOT NULL DEFAULT 0")
 
 
+def m005_references_and_groups(conn: sqlite3.Connection) -> None:
+    """Every reference and every group membership of an item, not only the first (pool keeps the first)."""
+    for table, column in (("pool_references", "reference"), ("pool_groups", "subgroup")):
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (pool_id INTEGER NOT NULL REFERENCES pool(id),"
+            f" position INTEGER NOT NULL, {column} TEXT NOT NULL, PRIMARY KEY (pool_id, {column}))"
+        )
+        conn.execute(
+            f"INSERT OR IGNORE INTO {table}(pool_id, position, {column})"
+            f" SELECT id, 0, {column} FROM pool WHERE {column} IS NOT NULL"
+        )
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -190,6 +203,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (2, "verification withdrawals", m002_withdrawals),
     (3, "annotation times", m003_annotation_times),
     (4, "learner version gate", m004_version_gate),
+    (5, "several references and groups per item", m005_references_and_groups),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
