@@ -314,6 +314,34 @@ def _ledger_or_fail(settings: Settings) -> Ledger:
 
 
 @main.command()
+@click.option("--dry-run", is_flag=True, help="Fit and say how many items would change cluster; store nothing.")
+@click.pass_obj
+def recluster(config: str | None, dry_run: bool) -> None:
+    """Fit the clusters again on the whole pool, as a new clustering version.
+
+    Cluster ids otherwise never change: items ingested later join the nearest cluster. Refit when the
+    pool has grown into regions the first clustering did not see. The new ids are matched to the old
+    clusters they overlap most, and statistics such as the teacher's rejection rate per cluster count
+    only rounds selected under the current version.
+
+    \b
+    Example:
+      labelloop -c configs/local.toml recluster --dry-run
+    """
+    from loop import rounds
+
+    settings = _settings(config)
+    ledger = _ledger_or_fail(settings)
+    current = ledger.find_current_round()
+    if current is not None and current["state"] == "selected":
+        raise LabelloopError(f"round {current['id']} is being distilled; recluster once it is imported")
+    result = rounds.recluster(rounds.Context(settings, ledger, progress=True), dry_run=dry_run)
+    what = "would move" if dry_run else f"clustering version {result['version']}:"
+    console.print(f"{what} {result['moved']} of {result['items']} items to another cluster ({result['k']} clusters)"
+                  + (" (dry run: nothing was stored)" if dry_run else ""))
+
+
+@main.command()
 @click.pass_obj
 def models(config: str | None) -> None:
     """List the learner's versions: metrics, gate verdict, which one is in use, which are pruned.

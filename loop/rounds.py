@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -102,7 +102,12 @@ def _next_version(ledger: Ledger) -> str:
 
 # --- steps -----------------------------------------------------------------------------------------
 def prepare_pool(ctx: Context) -> dict[int, int]:
-    """Embed what has no embedding yet and (re)cluster when the pool or K changed; pool_id -> cluster."""
+    """Embed what has no embedding yet and place it in the clustering; pool_id -> cluster.
+
+    The pool is clustered once; items ingested later join their nearest stored centroid, so cluster ids
+    keep their meaning across rounds (statistics add them up). Only a change of embedding model, K or
+    seed fits a new clustering version, its ids matched to the previous one's (`recluster` on request).
+    """
     s, ledger = ctx.settings, ctx.ledger
     missing = ledger.ids_without_embedding(s.embed.model)
     if missing:
@@ -112,13 +117,61 @@ def prepare_pool(ctx: Context) -> dict[int, int]:
             [it["text"] for it in items], model=s.embed.model, batch_size=s.embed.batch_size, progress=ctx.progress
         )
         ledger.put_embeddings(s.embed.model, [it["id"] for it in items], vectors)
+    identity = clustering_identity(s)
+    current = ledger.find_clustering_version()
+    if current is None or _settings_part(current["identity"]) != identity:
+        why = "first clustering" if current is None else f"settings changed from {current['identity']}"
+        recluster(ctx, reason=why)
+        return ledger.clusters()
     ids, matrix = ledger.embeddings(s.embed.model)
-    clustering = f"{s.embed.model}|k={s.cluster.k}|seed={s.cluster.seed}|n={len(ids)}"
-    if ledger.find_clustering() != clustering:
-        log.info("clustering %d items into %d groups", len(ids), s.cluster.k)
-        labels = cluster_mod.cluster(matrix, k=s.cluster.k, seed=s.cluster.seed)
-        ledger.put_clusters(clustering, ids, labels)
+    placed = ledger.clusters()
+    if current["centroids"] is None:  # stored before clusterings kept centroids: take its means, keep its ids
+        known = [n for n, i in enumerate(ids) if i in placed]
+        centroids = cluster_mod.centroids_of(matrix[known], np.array([placed[ids[n]] for n in known]))
+        ledger.set_centroids(current["version"], centroids)
+        current["centroids"] = centroids
+    new = [n for n, i in enumerate(ids) if i not in placed]
+    if new:
+        labels = cluster_mod.assign(matrix[new], current["centroids"])
+        ledger.add_to_clusters([ids[n] for n in new], labels)
+        log.info("%d new pool items joined their nearest clusters (clustering version %d)", len(new),
+                 current["version"])
     return ledger.clusters()
+
+
+def clustering_identity(settings: Settings) -> str:
+    """What a clustering depends on: the embedding model, K and the seed."""
+    return f"{settings.embed.model}|k={settings.cluster.k}|seed={settings.cluster.seed}"
+
+
+def _settings_part(identity: str) -> str:
+    """The identity without the pool size that clusterings stored before versions carried (`|n=...`)."""
+    return identity.split("|n=", 1)[0]
+
+
+def recluster(ctx: Context, *, reason: str = "asked for", dry_run: bool = False) -> dict[str, Any]:
+    """Fit a new clustering version on the whole pool, its ids matched to the current version's centroids
+    so that a region keeps its id where it still exists; counts of items that changed cluster."""
+    s, ledger = ctx.settings, ctx.ledger
+    ids, matrix = ledger.embeddings(s.embed.model)
+    if not ids:
+        raise LabelloopError("no embedded pool items to cluster; ingest a pool and run a round (or init) first")
+    log.info("clustering %d items into %d groups (%s)", len(ids), s.cluster.k, reason)
+    labels, centroids = cluster_mod.fit(matrix, k=s.cluster.k, seed=s.cluster.seed)
+    current = ledger.find_clustering_version()
+    before = ledger.clusters()
+    previous = current["centroids"] if current is not None else None
+    if previous is not None and previous.shape[1] == centroids.shape[1]:
+        mapping = cluster_mod.align(centroids, previous)  # fitted id -> the id that region had before
+        labels = mapping[labels]
+        aligned = np.full((int(mapping.max()) + 1, centroids.shape[1]), np.nan, np.float32)
+        aligned[mapping] = centroids
+        centroids = aligned
+    moved = sum(before.get(i) != int(c) for i, c in zip(ids, labels, strict=True)) if before else len(ids)
+    version = None
+    if not dry_run:
+        version = ledger.put_clusters(clustering_identity(s), ids, labels, centroids=centroids, reason=reason)
+    return {"version": version, "items": len(ids), "moved": moved, "k": int(len(set(labels.tolist())))}
 
 
 def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tuple[str, float]]:
@@ -173,8 +226,10 @@ def select_round(ctx: Context) -> int | None:
          "interim": scored[candidates[p]][0]}
         for p in picked
     ]
+    clustering = ledger.find_clustering_version()
     round_id = ledger.create_round(
-        strategy=s.select.strategy, budget=s.select.budget, learner_version=model["version"], items=items
+        strategy=s.select.strategy, budget=s.select.budget, learner_version=model["version"], items=items,
+        clustering=clustering["version"] if clustering else None,
     )
     log.info("round %d: selected %d items (%s, budget %d)", round_id, len(items), s.select.strategy, s.select.budget)
     return round_id

@@ -54,7 +54,7 @@ def cluster_rows(ledger: Ledger) -> list[dict]:
     out = []
     for r in ledger.cluster_progress():
         row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported", "verified", "accept", "edit", "reject")}
-        row = {"round": r["round_id"], "cluster": r["cluster"], **row,
+        row = {"round": r["round_id"], "cluster": r["cluster"], "clustering": r["clustering"], **row,
                "remaining": max(row["imported"] - row["verified"], 0)}
         out.append(_verdicts(row))
     return out
@@ -76,11 +76,14 @@ def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
 
 
 def teacher_fit(clusters: list[dict], threshold: float = REJECT_THRESHOLD,
-                min_verified: int = MIN_VERIFIED) -> list[dict]:
+                min_verified: int = MIN_VERIFIED, clustering: int | None = None) -> list[dict]:
     """The teacher's rejection rate per cluster over all rounds, flagged above `threshold`: the paper's
-    failure signature (the teacher does not suit that region of the data)."""
+    failure signature (the teacher does not suit that region of the data). With `clustering`, only the
+    rounds selected under that clustering version count: under another, an id names another region."""
     totals: dict[int, dict] = defaultdict(lambda: {"verified": 0, "reject": 0})
     for c in clusters:
+        if clustering is not None and c.get("clustering") not in (clustering, None):
+            continue
         totals[c["cluster"]]["verified"] += c["verified"]
         totals[c["cluster"]]["reject"] += c["reject"]
     out = []
@@ -171,6 +174,12 @@ def teacher(ledger: Ledger, rounds: list[dict]) -> dict:
     return {"total": ledger.teacher_usage(), "rounds": {r["round"]: ledger.teacher_usage(r["round"]) for r in rounds}}
 
 
+def _clustering_version(ledger: Ledger) -> int | None:
+    """The current clustering version, or None before the pool was clustered."""
+    current = ledger.find_clustering_version()
+    return current["version"] if current else None
+
+
 def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: float = REJECT_THRESHOLD,
           min_verified: int = MIN_VERIFIED) -> dict:
     """Everything `labelloop status` and the dashboard show, as one JSON-ready dict."""
@@ -185,7 +194,7 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
         "estimate": estimate(ledger, current, now),
         "rounds": rounds,
         "clusters": clusters,
-        "teacher_fit": teacher_fit(clusters, reject_threshold, min_verified),
+        "teacher_fit": teacher_fit(clusters, reject_threshold, min_verified, _clustering_version(ledger)),
         "reject_threshold": reject_threshold,
         "coverage": coverage(ledger),
         "annotation": annotators(ledger),

@@ -222,3 +222,59 @@ def test_a_relative_pool_path_is_read_against_the_config_file(tmp_path, monkeypa
     config.write_text('[pool]\npath = "cwd.csv"\n')
     assert load_settings(config).pool.path == Path("cwd.csv")
     assert "write it relative to the config file (../cwd.csv)" in caplog.text
+
+
+# --- stable cluster ids (#13, item 6) ----------------------------------------------------------------------
+def test_new_items_join_the_nearest_stored_centroid_and_a_refit_keeps_ids_where_regions_match():
+    import numpy as np
+
+    from loop import cluster
+
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(m, 0.1, (20, 3)) for m in (0.0, 5.0, 10.0)]).astype(np.float32)
+    labels, centroids = cluster.fit(blobs, k=3, seed=0)
+    later = np.array([[0.1, 0.0, 0.0], [9.9, 10.0, 10.1]], dtype=np.float32)
+    assert cluster.assign(later, centroids).tolist() == [labels[0], labels[-1]]
+    refit_labels, refit_centroids = cluster.fit(blobs, k=3, seed=7)  # another seed permutes KMeans' ids
+    mapping = cluster.align(refit_centroids, centroids)
+    assert (mapping[refit_labels] == labels).all()
+    # a centroid no region holds any more (NaN) is never chosen, and a grown K takes unused ids
+    holes = centroids.copy()
+    holes[labels[0]] = np.nan
+    assert labels[0] not in cluster.assign(later, holes).tolist()
+    grown = cluster.align(cluster.fit(blobs, k=4, seed=1)[1], centroids)
+    assert sorted(grown.tolist()) == [0, 1, 2, 3]
+
+
+def test_a_ledger_clustered_before_versions_keeps_its_ids_and_gains_centroids(tmp_path, starter_model):
+    from loop import rounds
+    from loop.service import ensure_pool
+
+    pool = tmp_path / "pool.tsv"
+    pool.write_text("text\treference\n" + "".join(f"rude text {i}\tpolite {i}\n" for i in range(8)))
+    settings = load_settings(data_dir=str(tmp_path / "s"), pool__path=str(pool), cluster__k=2,
+                             learner__base_model=str(starter_model))
+    ledger = Ledger(settings.ledger_path)
+    ensure_pool(settings, ledger)
+    ctx = rounds.Context(settings, ledger)
+    first = rounds.prepare_pool(ctx)
+    with sqlite3.connect(settings.ledger_path) as conn:  # as schema 5 stored it: an identity with n, no versions
+        conn.execute("DROP TABLE clusterings")
+        conn.execute("ALTER TABLE rounds DROP COLUMN clustering")
+        conn.execute(f"UPDATE clusters SET clustering = '{rounds.clustering_identity(settings)}|n=8'")
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    ledger = Ledger(settings.ledger_path)
+    ctx = rounds.Context(settings, ledger)
+    assert rounds.prepare_pool(ctx) == first
+    version = ledger.find_clustering_version()
+    assert version["version"] == 1 and version["centroids"].shape[0] == 2
+
+
+def test_teacher_fit_counts_only_rounds_of_the_current_clustering():
+    from loop.status import teacher_fit
+
+    rows = [{"cluster": 0, "clustering": 1, "verified": 10, "reject": 9},
+            {"cluster": 0, "clustering": 2, "verified": 10, "reject": 1}]
+    assert teacher_fit(rows, 0.3, 5)[0]["reject_rate"] == 0.5  # all rounds: two regions mixed
+    (fit,) = teacher_fit(rows, 0.3, 5, clustering=2)
+    assert (fit["verified"], fit["reject"], fit["flagged"]) == (10, 1, False)

@@ -89,20 +89,27 @@ def test_scoring_recomputes_only_what_changed(tmp_path, starter_model, spies):
     assert spies == {"generated": 32, "scored": 48}
 
 
-def test_prepare_pool_embeds_once_and_reclusters_only_when_the_pool_changes(tmp_path, starter_model, monkeypatch):
+def test_prepare_pool_embeds_once_and_new_items_join_the_clusters_without_refitting(tmp_path, starter_model,
+                                                                                    monkeypatch):
+    """Behaviour changed on purpose (#13): an ingest used to refit KMeans and permute every cluster id."""
     ctx = _ctx(tmp_path, starter_model, n=10, cluster__k=2)
     embedded, clustered = [], []
-    real_embed, real_cluster = rounds.embed_mod.embed, rounds.cluster_mod.cluster
+    real_embed, real_fit = rounds.embed_mod.embed, rounds.cluster_mod.fit
     monkeypatch.setattr(rounds.embed_mod, "embed", lambda texts, **kw: embedded.append(len(texts)) or
                         real_embed(texts, **kw))
-    monkeypatch.setattr(rounds.cluster_mod, "cluster", lambda m, **kw: clustered.append(len(m)) or
-                        real_cluster(m, **kw))
+    monkeypatch.setattr(rounds.cluster_mod, "fit", lambda m, **kw: clustered.append(len(m)) or real_fit(m, **kw))
     first = rounds.prepare_pool(ctx)
     assert len(first) == 10 and set(first.values()) == {0, 1}
     assert rounds.prepare_pool(ctx) == first and embedded == [10] and clustered == [10]
     ingest(ctx.ledger, _pool_file(tmp_path / "more.tsv", 10, 13), text_col="text", reference_col="reference")
-    assert len(rounds.prepare_pool(ctx)) == 13
-    assert embedded == [10, 3] and clustered == [10, 13]
+    after = rounds.prepare_pool(ctx)
+    assert len(after) == 13 and {i: after[i] for i in first} == first  # nobody moved
+    assert embedded == [10, 3] and clustered == [10]
+    assert ctx.ledger.find_clustering_version()["version"] == 1
+    # a change of K is a new clustering version
+    ctx.settings.cluster.k = 3
+    rounds.prepare_pool(ctx)
+    assert clustered == [10, 13] and ctx.ledger.find_clustering_version()["version"] == 2
 
 
 def _verify_all(ledger: Ledger) -> None:

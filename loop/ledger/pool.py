@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from loop.errors import LedgerError
 from loop.ledger.core import Store, chunks, now, placeholders
 
 
@@ -195,21 +196,60 @@ class PoolTables(Store):
         matrix = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
         return [r[0] for r in rows], matrix
 
-    def put_clusters(self, clustering: str, ids: list[int], labels: Iterable[int]) -> None:
-        """Replace the whole clustering: every item's cluster under one clustering identity."""
+    def put_clusters(self, clustering: str, ids: list[int], labels: Iterable[int], *,
+                     centroids: np.ndarray | None = None, reason: str | None = None) -> int:
+        """Replace the whole clustering with a new version (identity, every item's cluster, the centroids
+        later items join); returns its version number."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM clusters")
             conn.executemany(
                 "INSERT INTO clusters(pool_id, cluster, clustering) VALUES (?, ?, ?)",
                 [(i, int(c), clustering) for i, c in zip(ids, labels, strict=True)],
             )
+            cur = conn.execute(
+                "INSERT INTO clusterings(identity, centroids, k, dim, reason, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [clustering, *_centroid_blob(centroids), reason, now()],
+            )
+            return cur.lastrowid
+
+    def add_to_clusters(self, ids: list[int], labels: Iterable[int]) -> None:
+        """Place items that joined the pool after the clustering in its clusters (the version stays)."""
+        clustering = self.find_clustering()
+        if clustering is None:
+            raise LedgerError("no clustering to add items to; cluster the pool first")
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO clusters(pool_id, cluster, clustering) VALUES (?, ?, ?)",
+                [(i, int(c), clustering) for i, c in zip(ids, labels, strict=True)],
+            )
+
+    def set_centroids(self, version: int, centroids: np.ndarray) -> None:
+        """Store the centroids of a clustering that was saved without them (before versions)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE clusterings SET centroids = ?, k = ?, dim = ? WHERE version = ?",
+                         [*_centroid_blob(centroids), version])
+
+    def find_clustering_version(self) -> dict | None:
+        """The current clustering: version, identity, centroids (None if stored without), reason; or None."""
+        rows = self._rows("SELECT * FROM clusterings ORDER BY version DESC LIMIT 1")
+        if not rows:
+            return None
+        row = rows[0]
+        blob = row.pop("centroids")
+        row["centroids"] = (None if blob is None else
+                            np.frombuffer(blob, dtype=np.float32).reshape(row["k"], row["dim"]).copy())
+        return row
+
+    def clusterings(self) -> list[dict]:
+        """Every clustering version, oldest first, without centroids (for status)."""
+        return self._rows("SELECT version, identity, k, reason, created_at FROM clusterings ORDER BY version")
 
     def clusters(self) -> dict[int, int]:
         """pool_id -> cluster of the stored clustering."""
         return dict(self.conn.execute("SELECT pool_id, cluster FROM clusters").fetchall())
 
     def find_clustering(self) -> str | None:
-        """The identity of the stored clustering (model, K, seed, pool size), or None before the first."""
+        """The identity of the stored clustering (model, K, seed), or None before the first."""
         return self._value("SELECT clustering FROM clusters LIMIT 1")
 
     # --- interim outputs and scores ------------------------------------------------------------
@@ -257,6 +297,14 @@ class PoolTables(Store):
             if r[0] in wanted
         }
 
+
+
+def _centroid_blob(centroids: np.ndarray | None) -> list:
+    """(blob, k, dim) of a centroid matrix for the clusterings table; Nones when there is none."""
+    if centroids is None:
+        return [None, None, None]
+    c = np.asarray(centroids, dtype=np.float32)
+    return [c.tobytes(), c.shape[0], c.shape[1]]
 
 
 def _listed(row: dict, many: str, one: str) -> list[str]:

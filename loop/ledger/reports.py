@@ -21,11 +21,12 @@ class ReportViews(Store):
         """Per round and cluster: selected, failed, imported, verified items and their latest verdicts."""
         return self._rows(
             f"WITH latest AS ({self._LATEST})"
-            " SELECT b.round_id, b.cluster, count(*) AS selected, count(b.teacher_error) AS failed,"
+            " SELECT b.round_id, b.cluster, r.clustering, count(*) AS selected, count(b.teacher_error) AS failed,"
             " count(b.task_id) AS imported, count(l.verdict) AS verified,"
             " sum(l.verdict = 'accept') AS accept, sum(l.verdict = 'edit') AS edit,"
             " sum(l.verdict = 'reject') AS reject"
-            " FROM batch_items b LEFT JOIN latest l ON l.pool_id = b.pool_id AND l.round_id = b.round_id"
+            " FROM batch_items b JOIN rounds r ON r.id = b.round_id"
+            " LEFT JOIN latest l ON l.pool_id = b.pool_id AND l.round_id = b.round_id"
             " GROUP BY b.round_id, b.cluster ORDER BY b.round_id, b.cluster"
         )
 

@@ -17,15 +17,16 @@ class RoundTables(Store):
     """Rounds and their batches: what was selected, distilled and imported, by pool item."""
 
     def create_round(
-        self, *, strategy: str, budget: int, learner_version: str, items: list[dict]
+        self, *, strategy: str, budget: int, learner_version: str, items: list[dict], clustering: int | None = None
     ) -> int:
-        """A new round in state `selected` with its batch (pool_id, cluster, score, interim), atomically."""
+        """A new round in state `selected` with its batch (pool_id, cluster, score, interim), atomically;
+        `clustering` is the version its clusters belong to."""
         stamp = now()
         with self.transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO rounds(state, strategy, budget, learner_version, created_at, updated_at)"
-                " VALUES ('selected', ?, ?, ?, ?, ?)",
-                [strategy, budget, learner_version, stamp, stamp],
+                "INSERT INTO rounds(state, strategy, budget, learner_version, clustering, created_at, updated_at)"
+                " VALUES ('selected', ?, ?, ?, ?, ?, ?)",
+                [strategy, budget, learner_version, clustering, stamp, stamp],
             )
             round_id = cur.lastrowid
             conn.executemany(

@@ -196,6 +196,24 @@ def m005_references_and_groups(conn: sqlite3.Connection) -> None:
         )
 
 
+def m006_clustering_versions(conn: sqlite3.Connection) -> None:
+    """Clusterings are versioned and keep their centroids, so later items join them and ids stay put;
+    a round records the clustering it was selected under. A stored clustering becomes version 1."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS clusterings (version INTEGER PRIMARY KEY, identity TEXT NOT NULL,"
+        " centroids BLOB, k INTEGER, dim INTEGER, reason TEXT, created_at TEXT NOT NULL)"
+    )
+    add_column(conn, "rounds", "clustering", "INTEGER")
+    stored = conn.execute("SELECT clustering FROM clusters LIMIT 1").fetchone()
+    if stored and not conn.execute("SELECT 1 FROM clusterings").fetchone():
+        conn.execute(
+            "INSERT INTO clusterings(version, identity, reason, created_at)"
+            " VALUES (1, ?, 'stored before clusterings were versioned', datetime('now'))",
+            [stored[0]],
+        )
+        conn.execute("UPDATE rounds SET clustering = 1")
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -204,6 +222,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (3, "annotation times", m003_annotation_times),
     (4, "learner version gate", m004_version_gate),
     (5, "several references and groups per item", m005_references_and_groups),
+    (6, "clustering versions with centroids", m006_clustering_versions),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
