@@ -477,6 +477,11 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--k", default=8, show_default=True, help="KMeans clusters (K).")
 @click.option("--pool-size", default=2000, show_default=True, help="Selectable pool items.")
 @click.option("--test-size", default=400, show_default=True, help="Held-out test items (never selected).")
+@click.option("--test-data", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A dataset's own test split (same columns); default: held out from --data.")
+@click.option("--max-new-tokens", default=48, show_default=True,
+              help="Longest output the learner writes, in tokens (counter-narratives run longer than rewrites).")
+@click.option("--examples", default=8, show_default=True, help="Test items whose outputs the report shows.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the pool/test split and the clustering.")
 @click.option("--reject-rate", default=0.0, show_default=True, help="Share of selected items the verifier rejects.")
 @click.option("--judge", default="probe", show_default=True,

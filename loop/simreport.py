@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 
 # metric key, label, True when higher is better
+# shown in the headline table but not plotted: degenerate outputs and the variance's noise floor
+EXTRA = [
+    ("degenerate_share", "degenerate outputs (loops, empty)", False),
+    ("variance_floor", "noise floor of the variance (equal groups)", False),
+]
 CURVES = [
     ("chrf", "chrF (test, corpus)", True),
     ("bleu", "BLEU (test, corpus)", True),
@@ -38,7 +43,7 @@ def summary(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """Last-round {metric: {strategy: {mean, std, min, max, n}}} over seeds."""
     last = final_round(records)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for key, _, _ in CURVES:
+    for key, _, _ in CURVES + [e for e in EXTRA if all(e[0] in r for r in records)]:
         out[key] = {}
         for strategy, rounds in _series(records, key).items():
             v = np.asarray(rounds[last])
@@ -136,8 +141,15 @@ def plot_groups(records: list[dict], path: Path) -> Path:
     return path
 
 
+def _scale(key: str) -> int:
+    """Variances are shown x 1000, shares in %."""
+    if key in ("error_ratio_variance", "variance_floor"):
+        return 1000
+    return 100 if key in ("offensive_share", "failure_rate", "degenerate_share") else 1
+
+
 def _fmt(s: dict[str, float], key: str) -> str:
-    scale = 1000 if key == "error_ratio_variance" else 100 if key in ("offensive_share", "failure_rate") else 1
+    scale = _scale(key)
     return f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f} [{s['min'] * scale:.2f}, {s['max'] * scale:.2f}]"
 
 
@@ -177,13 +189,21 @@ def markdown(result: dict, curves: str, groups: str) -> str:
               "mean ± std [min, max] over seeds. Offensive share and failure rate in %, error-ratio variance "
               "x 1000.", ""]
     strategies = sorted(summ["chrf"], key=lambda s: (s != "stratified", s))
-    head = "| metric | starter | " + " | ".join(strategies) + " |"
-    lines += [head, "|" + "---|" * (len(strategies) + 2)]
-    for key, label, higher in CURVES:
-        scale = 1000 if key == "error_ratio_variance" else 100 if key in ("offensive_share", "failure_rate") else 1
+    base = result.get("baselines") or {}
+    head = ("| metric | starter | " + " | ".join(strategies) + " |"
+            + "".join(f" {BASELINE_NAMES[b]} |" for b in base))
+    lines += [head, "|" + "---|" * (len(strategies) + 2 + len(base))]
+    for key, label, higher in CURVES + [e for e in EXTRA if e[0] in summ]:
+        scale = _scale(key)
         lines.append(f"| {label} ({'↑' if higher else '↓'}) | {starter[key] * scale:.2f} | "
-                     + " | ".join(_fmt(summ[key][s], key) for s in strategies) + " |")
+                     + " | ".join(_fmt(summ[key][s], key) for s in strategies) + " |"
+                     + "".join(f" {base[b][key] * scale:.2f} |" for b in base))
+    if base:
+        lines += ["", "Baselines: *copy input* returns the input unchanged; *constant* answers every input with"
+                  f" one reply, the pool's most common reference (\"{_short(base['constant'].get('text', ''))}\")."]
+    lines += _warnings(result, summ, strategies, starter)
     lines += ["", f"![learning curves]({curves})", "", f"![per-subgroup failure rates]({groups})", ""]
+    lines += _examples(result, strategies)
     lines += ["## What the numbers show, and what they do not", ""]
     if "stratified" in summ["chrf"]:
         for key, label, higher in CURVES:
@@ -210,6 +230,60 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+BASELINE_NAMES = {"copy_input": "copy input", "constant": "constant"}
+DEGENERATE_LIMIT = 0.5  # above this share of loops or empty outputs, task scores do not measure quality
+
+
+def _short(text: str, width: int = 70) -> str:
+    """One table cell: line breaks and pipes escaped, cut to `width` characters."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _warnings(result: dict, summ: dict, strategies: list[str], starter: dict) -> list[str]:
+    """What makes the table above unfit to decide: degenerate outputs, baselines that beat every learner,
+    a variance inside its noise floor."""
+    out = []
+    if "degenerate_share" in summ:
+        bad = [f"{s} {summ['degenerate_share'][s]['mean']:.0%}" for s in strategies
+               if summ["degenerate_share"][s]["mean"] > DEGENERATE_LIMIT]
+        if starter.get("degenerate_share", 0) > DEGENERATE_LIMIT:
+            bad.insert(0, f"starter {starter['degenerate_share']:.0%}")
+        if bad:
+            out.append(f"- **Degenerate outputs**: more than {DEGENERATE_LIMIT:.0%} of the outputs loop or are empty"
+                       f" ({', '.join(bad)}). Task scores, failure rates and their variance then describe the"
+                       " loops, not the strategies: do not draw conclusions from them.")
+    for name, metrics in (result.get("baselines") or {}).items():
+        best = max(summ["chrf"][s]["max"] for s in strategies)
+        if metrics["chrf"] > max(best, starter["chrf"]):
+            out.append(f"- **The {BASELINE_NAMES[name]} baseline beats every learner on chrF** ({metrics['chrf']:.1f}"
+                       f" against at most {max(best, starter['chrf']):.1f}): the learner has not learned the task, so"
+                       " chrF cannot rank the strategies here.")
+    if "variance_floor" in summ:
+        near = [s for s in strategies
+                if summ["error_ratio_variance"][s]["mean"] < 2 * summ["variance_floor"][s]["mean"]]
+        if near:
+            out.append(f"- **Error-ratio variance within noise** for {', '.join(near)}: under twice what equal groups"
+                       " would show by sampling alone (the floor above; a strategy with a higher overall failure"
+                       " rate has a higher floor). A lower variance there is not more even quality.")
+    return ["", "### Before reading the table", "", *out, ""] if out else []
+
+
+def _examples(result: dict, strategies: list[str]) -> list[str]:
+    """A table of test inputs with their first reference, the starter's output and each strategy's last one."""
+    examples = result.get("examples") or []
+    if not examples:
+        return []
+    lines = ["## Example outputs (test split, first seed, last round)", "",
+             "| input | reference | starter | " + " | ".join(strategies) + " |",
+             "|" + "---|" * (3 + len(strategies))]
+    for ex in examples:
+        refs = ex["references"] if isinstance(ex["references"], list) else [ex["references"]]
+        lines.append(f"| {_short(ex['input'])} | {_short(refs[0])} | {_short(ex['starter'])} | "
+                     + " | ".join(_short(ex["final"].get(s, "")) for s in strategies) + " |")
+    return [*lines, ""]
 
 
 def write(result: dict, out: Path) -> dict[str, Path]:

@@ -65,6 +65,8 @@ class SimConfig:
     lr: float = 3e-4
     batch_size: int = 16
     max_new_tokens: int = 48
+    test_data: str | None = None  # a dataset's own test split (same columns); else held out from `data`
+    examples: int = 8  # test items whose outputs the report shows
     runtime: str = "ct2"
     cache_dir: str = ".labelloop/cache"
     progress: bool = True
@@ -83,6 +85,21 @@ class SimConfig:
             raise SimulateError(f"--reject-rate must be in [0, 1) (got {self.reject_rate})")
         if self.judge not in JUDGES and not Path(self.judge).is_file():
             raise SimulateError(f"--judge {self.judge!r}: use {' or '.join(JUDGES)}, or the path of a probe file")
+        if self.judge == "probe":
+            self.judge_data = str(_bundled(self.judge_data, "--judge-data"))
+        if self.test_data is not None and not Path(self.test_data).is_file():
+            raise SimulateError(f"--test-data {self.test_data}: file not found")
+
+
+def _bundled(path: str, flag: str) -> Path:
+    """`path` as given, else inside the labelloop checkout (the bundled defaults work from any directory)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    checkout = Path(__file__).resolve().parent.parent / path
+    if not given.is_absolute() and checkout.is_file():
+        return checkout
+    raise SimulateError(f"{flag} {path}: file not found (relative paths are read from the working directory)")
 
 
 @dataclass
@@ -98,30 +115,47 @@ class Split:
     skipped: list[int]  # file lines without a reference
 
 
-def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
-    """(pool rows, test rows, lines skipped for lacking a reference), drawn once from `split_seed`."""
+def _usable(cfg: SimConfig, path: str) -> tuple[list[dict], list[int]]:
+    """A file's rows that have a reference (and a group, with --group-col), and the lines without a reference."""
     try:
-        rows, _ = parse_pool(cfg.data, text_col=cfg.text_col, reference_col=cfg.reference_col,
-                             group_col=cfg.group_col)
+        rows, _ = parse_pool(path, text_col=cfg.text_col, reference_col=cfg.reference_col, group_col=cfg.group_col)
     except IngestError as exc:
         raise SimulateError(str(exc)) from None
     if all(r["reference"] is None for r in rows):
-        raise SimulateError(f"{cfg.data}: reference column {cfg.reference_col!r} is missing or empty; "
+        raise SimulateError(f"{path}: reference column {cfg.reference_col!r} is missing or empty; "
                             "the reference plays the teacher, so it is required (--reference-col)")
     if cfg.group_col:
         missing = [r["line"] for r in rows if r["subgroup"] is None]
         if len(missing) == len(rows):
-            raise SimulateError(f"{cfg.data}: group column {cfg.group_col!r} is missing or empty (--group-col)")
+            raise SimulateError(f"{path}: group column {cfg.group_col!r} is missing or empty (--group-col)")
         if missing:
-            raise SimulateError(f"{cfg.data}:{missing[0]}: column {cfg.group_col!r} is empty "
+            raise SimulateError(f"{path}:{missing[0]}: column {cfg.group_col!r} is empty "
                                 f"({len(missing)} rows lack a group)")
-    skipped = [r["line"] for r in rows if r["reference"] is None]
-    usable = [r for r in rows if r["reference"] is not None]
+    return [r for r in rows if r["reference"] is not None], [r["line"] for r in rows if r["reference"] is None]
+
+
+def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
+    """(pool rows, test rows, lines skipped for lacking a reference), drawn once from `split_seed`.
+
+    With `test_data` the test split is that file (up to test_size rows) and a pool text that is also
+    a test text is dropped from the pool; else the test split is held out from `data`."""
+    usable, skipped = _usable(cfg, cfg.data)
+    rng = np.random.default_rng(cfg.split_seed)
+    if cfg.test_data is not None:
+        tests, _ = _usable(cfg, cfg.test_data)
+        test = [tests[i] for i in rng.permutation(len(tests))[: cfg.test_size]]
+        held = {r["norm"] for r in test}
+        usable = [r for r in usable if r["norm"] not in held]
+        if len(usable) < cfg.pool_size:
+            raise SimulateError(f"{cfg.data}: {len(usable)} usable rows not in the test file; --pool-size"
+                                f" {cfg.pool_size} needed")
+        pool = [usable[i] for i in rng.permutation(len(usable))[: cfg.pool_size]]
+        return pool, test, skipped
     need = cfg.pool_size + cfg.test_size
     if len(usable) < need:
         raise SimulateError(f"{cfg.data}: {len(usable)} usable rows (text and {cfg.reference_col!r}); "
                             f"--pool-size {cfg.pool_size} + --test-size {cfg.test_size} = {need} needed")
-    order = np.random.default_rng(cfg.split_seed).permutation(len(usable))
+    order = rng.permutation(len(usable))
     test = [usable[i] for i in order[: cfg.test_size]]
     pool = [usable[i] for i in order[cfg.test_size : need]]
     return pool, test, skipped
@@ -178,7 +212,8 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from loop import learner, scorer
-    from loop.cluster import cluster
+    from loop.cluster import assign as assign_clusters
+    from loop.cluster import fit as fit_clusters
     from loop.embed import embed
 
     cfg.check()
@@ -195,8 +230,9 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
 
     t = time.perf_counter()
     vectors = embed([r["text"] for r in pool + test], progress=cfg.progress)  # once per run
-    labels = cluster(vectors, k=cfg.k, seed=cfg.split_seed)
-    pool_cluster, test_cluster = labels[: len(pool)], labels[len(pool):]
+    # fitted on the pool alone (the test split must not shape the strata); test items join the nearest
+    pool_cluster, centroids = fit_clusters(vectors[: len(pool)], k=cfg.k, seed=cfg.split_seed)
+    test_cluster = assign_clusters(vectors[len(pool):], centroids)
     timings["embed_cluster_s"] = time.perf_counter() - t
     # the test split is scored against every reference of an item and counted in every group it is in
     test_text, test_ref = [r["text"] for r in test], [r["references"] for r in test]
@@ -217,13 +253,24 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
             return learner.generate(model, texts, batch_size=64, max_new_tokens=cfg.max_new_tokens,
                                     runtime=cfg.runtime, cache_dir=ct2_cache)
 
+        last_outputs: list[list[str]] = [[]]
+
         def evaluate(outputs: list[str]) -> dict:
+            last_outputs[0] = outputs
             return metrics.evaluate(outputs, test_ref, judge(outputs), test_group,
                                     judge_threshold=cfg.judge_threshold, chrf_threshold=cfg.chrf_threshold)
 
         t = time.perf_counter()
         starter_pool = gen(cfg.learner, pool_text)  # the starter is deterministic: shared by every run
         starter_metrics = evaluate(gen(cfg.learner, test_text))
+        shown = min(cfg.examples, len(test_text))
+        examples = [{"input": test_text[i], "references": test_ref[i], "starter": last_outputs[0][i], "final": {}}
+                    for i in range(shown)]
+        # what any learner has to beat: copying the input, and one reply for everything (the pool's most
+        # common reference, else its shortest)
+        constant = _constant_reply(pool_ref)
+        baselines = {"copy_input": evaluate(list(test_text)),
+                     "constant": {**evaluate([constant] * len(test_text)), "text": constant}}
         timings["starter_s"] = time.perf_counter() - t
         records: list[dict] = []
         total = len(cfg.strategies) * len(cfg.seeds) * cfg.rounds
@@ -237,6 +284,9 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                     records.extend(_one_run(cfg, strategy, seed, rejected, pool_text, pool_ref, pool_cluster,
                                             starter_pool, test_text, gen, evaluate, r_score,
                                             Path(tmp) / f"{strategy}-{seed}", bar))
+                    if seed == cfg.seeds[0]:  # the examples show the first seed's last round
+                        for i, ex in enumerate(examples):
+                            ex["final"][strategy] = last_outputs[0][i]
     timings["total_s"] = time.perf_counter() - t_start
     result = {
         "command": command,
@@ -246,6 +296,8 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                  "test_groups": metrics.group_rates([False] * len(test_group), test_group)},
         "r": R_NAME,
         "judge": judge_info,
+        "baselines": baselines,
+        "examples": examples,
         "training": "each round fine-tunes a fresh copy of the starter on all accepted pairs so far",
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
@@ -256,6 +308,14 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
 
     simreport.write(result, out)
     return result
+
+
+def _constant_reply(references: list[str]) -> str:
+    """The constant baseline's reply: the most common reference (ties: the shortest, then the first)."""
+    counts: dict[str, int] = {}
+    for ref in references:
+        counts[ref] = counts.get(ref, 0) + 1
+    return min(counts, key=lambda r: (-counts[r], len(r)))
 
 
 def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, pool_text: list[str],

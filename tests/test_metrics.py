@@ -91,3 +91,26 @@ def test_evaluate_combines_every_metric_with_group_rates():
     assert got["failure_rate"] == pytest.approx(0.5)
     assert got["offensive_share"] == pytest.approx(0.25)
     assert 0 < got["chrf"] < 100 and got["mtld"] > 0
+
+
+def test_degenerate_catches_loops_and_empty_outputs_but_not_sentences():
+    from loop.metrics import degenerate
+
+    assert degenerate(["Why are are are are", "Islam is a death c c c c", "I think I think I think so", ""]) == [
+        True, True, True, True]
+    assert degenerate(["a fine reply here", "no no", "that is that is fine", "Please, please reconsider."]) == [
+        False, False, False, False]
+
+
+def test_the_variance_floor_is_what_equal_groups_show_by_sampling_alone():
+    import numpy as np
+
+    from loop.metrics import error_ratio_variance, group_rates, variance_floor
+
+    rng = np.random.default_rng(0)
+    sizes = [23, 40, 68, 30]
+    groups = [str(g) for g, n in enumerate(sizes) for _ in range(n)]
+    draws = [error_ratio_variance(group_rates((rng.random(len(groups)) < 0.3).tolist(), groups))
+             for _ in range(2000)]
+    floor = variance_floor(group_rates([i < 0.3 * len(groups) for i in range(len(groups))], groups))
+    assert abs(np.mean(draws) - floor) / floor < 0.1  # the formula matches sampling within 10%

@@ -137,3 +137,54 @@ def test_verdict_counts_a_difference_only_when_seed_ranges_do_not_overlap(a, b, 
         return {"min": lo_hi[0], "max": lo_hi[1], "n": 3}
 
     assert simreport.verdict(stats(a), stats(b), higher) == want
+
+
+# --- an experiment that can decide (#16): baselines, degenerate outputs, noise floor, examples, --test-data
+def test_baselines_examples_and_the_noise_floor_are_in_results_and_report(result: dict, tiny: dict):
+    base = result["baselines"]
+    assert set(base) == {"copy_input", "constant"} and base["constant"]["text"]
+    assert base["copy_input"]["degenerate_share"] <= 0.1  # copied inputs are sentences, not loops
+    for r in result["records"]:
+        assert 0 <= r["degenerate_share"] <= 1 and r["variance_floor"] > 0
+    assert len(result["examples"]) == 8
+    assert set(result["examples"][0]["final"]) == set(SimConfig(data="x").strategies)
+    report = (tiny["dir"] / "all" / "report.md").read_text()
+    assert "| copy input | constant |" in report and "## Example outputs" in report
+    assert "noise floor of the variance" in report
+
+
+def test_the_report_warns_when_outputs_loop_or_a_baseline_wins():
+    stats = {"chrf": 5.0, "bleu": 1.0, "offensive_share": 0.1, "error_ratio_variance": 0.004, "mtld": 5.0,
+             "failure_rate": 0.9, "degenerate_share": 0.8, "variance_floor": 0.004, "groups": {}}
+    records = [{"strategy": s, "seed": seed, "round": rnd, "labeled": 0, **stats}
+               for s in ("stratified", "random") for seed in (0, 1) for rnd in (0, 1)]
+    result = {"config": {"data": "d", "seeds": [0, 1], "rounds": 1, "budget": 8, "k": 2, "reject_rate": 0.0,
+                         "reference_col": "reference", "learner": "m", "epochs": 1, "lr": 0.1},
+              "records": records, "judge": {"same_as_r": True, "flags_test_inputs": 0.5,
+                                            "flags_test_references": 0.1},
+              "data": {"pool": 10, "test": 4, "subgroups": "g"}, "r": "profanity", "training": "t",
+              "timings": {"total_s": 1.0}, "machine": {"cpu": "x"},
+              "baselines": {"copy_input": {**stats, "chrf": 70.0}, "constant": {**stats, "text": "no"}}}
+    report = simreport.markdown(result, "c.png", "g.png")
+    assert "**Degenerate outputs**" in report and "starter 80%" in report
+    assert "**The copy input baseline beats every learner on chrF** (70.0" in report
+    assert "**Error-ratio variance within noise** for stratified, random" in report
+
+
+def test_a_separate_test_file_is_the_test_split_and_leaves_the_pool(tiny: dict):
+    rows = _rows(POOL, 80)
+    test_file = _write_tsv(tiny["dir"] / "test.tsv",
+                           [{**r, "group": "even"} for r in rows[50:80]])  # overlaps the pool file's rows 50-59
+    pool, test, _ = load_split(_cfg(tiny, "x", test_data=str(test_file), test_size=30, pool_size=40))
+    assert len(test) == 30 and {r["text"] for r in test} == {r["text"] for r in rows[50:80]}
+    assert len(pool) == 40 and not {r["text"] for r in pool} & {r["text"] for r in test}
+
+
+def test_the_bundled_judge_data_is_found_from_any_directory(tiny: dict, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = SimConfig(data=str(tiny["data"]))
+    cfg.check()
+    assert Path(cfg.judge_data) == STARTER
+    bad = SimConfig(data=str(tiny["data"]), judge_data="nowhere.tsv")
+    with pytest.raises(SimulateError, match="--judge-data nowhere.tsv: file not found"):
+        bad.check()
