@@ -101,8 +101,8 @@ def ingest_summary(path: str | Path, counts: dict) -> str:
         what = f"added {counts['added']}"
     merged = f", merged {counts['merged']}" if counts.get("merged") else ""
     how = "".join(f", {k} {counts[k]!r}" for k in ("encoding", "delimiter") if k in counts)  # read other than usual
-    return (f"{path}: read {counts['read']}, {what}{merged}, duplicates {counts['duplicates']}; stored"
-            f" {counts['references']} references, {counts['groups']} group memberships{how}")
+    return (f"{path}: read {counts['read']}, {what}{merged}, duplicates {counts['duplicates']}{how}; stored"
+            f" {counts['references']} references, {counts['groups']} group memberships")
 
 
 @main.command(name="ingest")

@@ -112,7 +112,7 @@ def test_a_failed_first_init_leaves_no_ledger_and_a_fixed_one_works(tmp_path, mo
     assert not (tmp_path / "data" / "ledger.sqlite").exists()
     bad.write_text("text,reference\nhello,x\n")
     result = CliRunner().invoke(main, ["init"])
-    assert result.exit_code == 0 and "1 items added" in result.output
+    assert result.exit_code == 0 and "read 1, added 1" in result.output
 
 
 def test_the_cli_says_when_a_file_was_read_with_another_delimiter_or_encoding(tmp_path, monkeypatch):
