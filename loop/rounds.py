@@ -25,6 +25,7 @@ from loop.config import Settings
 from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
 from loop.scorer import build_scorer, score_texts
+from loop.scorer import signature as scorer_signature
 from loop.select import STRATEGIES
 from loop.vocab import BASE_VERSION, RANDOM_STRATEGIES, version_name, version_number
 
@@ -121,6 +122,13 @@ def prepare_pool(ctx: Context) -> dict[int, int]:
     return ledger.clusters()
 
 
+def score_key(settings: Settings, version: str) -> tuple[str, str]:
+    """(output key, R's signature): where a learner version's interim outputs and their scores are
+    stored. Whoever reads scores (selection, a top-up) must use this pair, or it finds none."""
+    key = f"{version}@int8" if settings.learner.runtime == "ct2-int8" else version
+    return key, scorer_signature(settings.scorer)
+
+
 def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tuple[str, float]]:
     """Interim outputs G(x) and informativeness R(G(x)) for `ids`, computing only what is not stored.
 
@@ -130,7 +138,7 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
     differ from float32 ones, so they are stored under `<version>@int8`."""
     s, ledger = ctx.settings, ctx.ledger
     signature, scorer = build_scorer(s.scorer)
-    key = f"{model['version']}@int8" if s.learner.runtime == "ct2-int8" else model["version"]
+    key = score_key(s, model["version"])[0]
     todo = ledger.ids_without_score(key, signature, ids)
     if todo:
         from loop import learner  # torch loads only where a learner runs (not in the web backend)
@@ -207,7 +215,7 @@ def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
         if not any(n > 0 for n in need.values()):
             break
         clusters = ledger.clusters()
-        scored = ledger.scores(rnd["learner_version"], s.scorer.kind)
+        scored = ledger.scores(*score_key(s, rnd["learner_version"]))
         unsent = [i for i in ledger.unsent_pool_ids() if i in scored and i in clusters]
         rng = np.random.default_rng([s.select.seed, round_id, step])
         new = []

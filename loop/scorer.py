@@ -218,21 +218,41 @@ def _file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def build_one(kind: str, model: str | None = None, label: str | int | None = None) -> tuple[str, Scorer]:
-    """(signature, scorer) for one attribute; errors name the missing field."""
+def signature_one(kind: str, model: str | None = None, label: str | int | None = None) -> str:
+    """The signature of one attribute (kind, model, label, probe content), without loading any model;
+    errors name the missing field."""
     if kind == "profanity":
-        return "profanity", profanity
+        return "profanity"
     if kind == "hf-classifier":
         if not model or label is None:
             raise ValueError("scorer kind 'hf-classifier' needs `model` (a HF name or path) and `label`")
-        return f"hf-classifier:{model}#{label}", hf_classifier(model, label)
+        return f"hf-classifier:{model}#{label}"
     if kind == "embedding-probe":
         if not model:
             raise ValueError("scorer kind 'embedding-probe' needs `model`: the probe file from train_probe")
         if not Path(model).is_file():
             raise FileNotFoundError(f"embedding probe {model} not found; train one with loop.scorer.train_probe")
-        return f"embedding-probe:{Path(model).name}@{_file_digest(model)}", load_probe(str(Path(model).resolve()))
+        return f"embedding-probe:{Path(model).name}@{_file_digest(model)}"
     raise ValueError(f"unknown scorer kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def build_one(kind: str, model: str | None = None, label: str | int | None = None) -> tuple[str, Scorer]:
+    """(signature, scorer) for one attribute; errors name the missing field."""
+    signature = signature_one(kind, model, label)
+    if kind == "profanity":
+        return signature, profanity
+    if kind == "hf-classifier":
+        return signature, hf_classifier(model, label)
+    return signature, load_probe(str(Path(model).resolve()))
+
+
+def signature(settings: Any) -> str:
+    """R's signature for ScorerSettings, the key its stored scores live under; loads no model, so a
+    reader of stored scores (a top-up, status) finds exactly the rows the scorer wrote."""
+    attributes = list(getattr(settings, "attributes", None) or [])
+    if not attributes:
+        return signature_one(settings.kind, getattr(settings, "model", None), getattr(settings, "label", None))
+    return "weighted(" + ",".join(f"{signature_one(a.kind, a.model, a.label)}*{a.weight:g}" for a in attributes) + ")"
 
 
 def build_scorer(settings: Any) -> tuple[str, Scorer]:
@@ -241,8 +261,7 @@ def build_scorer(settings: Any) -> tuple[str, Scorer]:
     if not attributes:
         return build_one(settings.kind, getattr(settings, "model", None), getattr(settings, "label", None))
     built = [(build_one(a.kind, a.model, a.label), a.weight) for a in attributes]
-    signature = "weighted(" + ",".join(f"{sig}*{w:g}" for (sig, _), w in built) + ")"
-    return signature, weighted([(scorer, w) for (_, scorer), w in built])
+    return signature(settings), weighted([(scorer, w) for (_, scorer), w in built])
 
 
 def score_texts(scorer: Scorer, texts: list[str], *, batch_size: int = 256, progress: bool = False) -> list[float]:
