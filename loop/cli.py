@@ -298,15 +298,15 @@ def models(config: str | None) -> None:
     ledger = _ledger_or_fail(_settings(config))
     current = (ledger.find_current_model() or {}).get("version")
     table = Table(title="learner versions (* = in use)")
-    for col in ("version", "parent", "round", "pairs", "train loss", "dev loss", "status", "on disk", "note"):
+    for col in ("version", "parent", "round", "pairs", "train loss", "gate loss", "status", "on disk", "note"):
         table.add_column(col)
     rows = sorted(ledger.model_versions(), key=lambda v: version_number(v["version"]))
     for v in rows:
         m = v["metrics"]
         table.add_row(v["version"] + (" *" if v["version"] == current else ""), v["parent"] or "",
                       "" if v["round_id"] is None else str(v["round_id"]), str(v["pairs"]),
-                      _metric(m.get("train_loss")), _metric(m.get("dev_loss")), v.get("status") or "",
-                      "no" if v.get("pruned") else "yes", v.get("note") or "")
+                      _metric(m.get("train_loss")), _metric(m.get("gate_loss", m.get("dev_loss"))),
+                      v.get("status") or "", "no" if v.get("pruned") else "yes", v.get("note") or "")
     console.print(table)
 
 

@@ -60,8 +60,13 @@ class LearnerSettings(_Section):
         "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"
     )
     max_source_tokens: int = Field(128, ge=1)
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="share of verified pairs held out as the dev split")
-    min_dev_pairs: int = Field(8, ge=1, description="below this many dev pairs there is no dev split and no gate")
+    dev_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of verified pairs never trained on, chosen by a hash of the source from"
+        " the first round: half picks the best epoch (early stopping), half is the promotion gate's test"
+    )
+    min_dev_pairs: int = Field(
+        8, ge=1, description="early stopping and the gate each start once their half of the dev split has this many"
+    )
     patience: int = Field(1, ge=1, description="early stopping: epochs without a better dev loss")
     keep_last: int = Field(3, ge=1, description="trained checkpoints kept on disk (the promoted one always is)")
 

@@ -381,7 +381,8 @@ def _full_sync_due(ctx: Context) -> bool:
 
 
 def train_round(ctx: Context, round_id: int) -> str:
-    """Fine-tune the current learner on all verified pairs; register the new version."""
+    """Fine-tune the current learner on the verified pairs outside the dev split; gate and register the
+    new version."""
     s, ledger = ctx.settings, ctx.ledger
     trained = [v["version"] for v in ledger.model_versions() if v["round_id"] == round_id]
     if trained:  # a crash after registering the checkpoint, before the round was marked done
@@ -393,20 +394,30 @@ def train_round(ctx: Context, round_id: int) -> str:
         return parent["version"]
     from loop import learner, versions
 
+    split = versions.split_dev(pairs, s.learner.dev_fraction)
+    if not split.train:
+        log.info("round %d: all %d verified pairs are held out for dev; the learner stays %s", round_id,
+                 len(pairs), parent["version"])
+        return parent["version"]
     version = _next_version(ledger)
     out = Path(s.models_dir) / version
-    train, dev = versions.split_dev(pairs, s.learner.dev_fraction, s.learner.min_dev_pairs)
     parent_path = s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"]
+    early_stop = len(split.select) >= s.learner.min_dev_pairs  # a handful of pairs would pick epochs by noise
     metrics = learner.fine_tune(
-        parent_path, train, out, epochs=s.learner.epochs, lr=s.learner.lr, batch_size=min(16, s.learner.batch_size),
-        seed=s.learner.seed + round_id, progress=ctx.progress, dev_pairs=dev or None,
-        patience=s.learner.patience if dev else None,
+        parent_path, split.train, out, epochs=s.learner.epochs, lr=s.learner.lr,
+        batch_size=min(16, s.learner.batch_size), seed=s.learner.seed + round_id, progress=ctx.progress,
+        dev_pairs=split.select if early_stop else None, patience=s.learner.patience if early_stop else None,
     )
-    if dev:  # the gate: a version worse on the dev split than the one in use is kept, not promoted
-        metrics["parent_dev_loss"] = learner.evaluate_loss(parent_path, dev)
-        promote, note = versions.gate(metrics["dev_loss"], metrics["parent_dev_loss"], parent["version"], len(dev))
+    metrics["held_out"] = split.held_out
+    if len(split.gate) >= s.learner.min_dev_pairs:  # the gate, on pairs neither model trained or selected on
+        metrics["gate_pairs"] = len(split.gate)
+        metrics["gate_loss"] = learner.evaluate_loss(str(out), split.gate)
+        metrics["parent_gate_loss"] = learner.evaluate_loss(parent_path, split.gate)
+        promote, note = versions.gate(metrics["gate_loss"], metrics["parent_gate_loss"], parent["version"],
+                                      len(split.gate))
     else:
-        promote, note = True, f"promoted without a gate (dev split needs {s.learner.min_dev_pairs} pairs)"
+        promote, note = True, (f"promoted without a gate ({len(split.gate)} gate pairs so far; it needs "
+                               f"{s.learner.min_dev_pairs})")
     with versions.models_lock(s.models_dir):  # against a rollback or a prune in another process
         promote = ledger.add_model_version(
             version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics,
@@ -417,7 +428,7 @@ def train_round(ctx: Context, round_id: int) -> str:
         from loop import runtime
 
         runtime.convert(str(out), s.learner.runtime, Path(s.models_dir) / ".ct2")
-    log.info("round %d: learner %s trained on %d pairs (loss %.3f): %s%s", round_id, version, len(train),
+    log.info("round %d: learner %s trained on %d pairs (loss %.3f): %s%s", round_id, version, len(split.train),
              metrics.get("train_loss", float("nan")), note, f"; pruned {', '.join(pruned)}" if pruned else "")
     return version
 

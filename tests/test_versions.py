@@ -116,7 +116,7 @@ def _verify_all(ledger: Ledger) -> None:
     ])
 
 
-GATED = {"learner__dev_fraction": 0.3, "learner__min_dev_pairs": 3, "learner__epochs": 2}
+GATED = {"learner__dev_fraction": 0.4, "learner__min_dev_pairs": 3, "learner__epochs": 2}
 
 
 def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_model):
@@ -124,8 +124,8 @@ def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_m
     _verify_all(ctx.ledger)
     assert rounds.train_round(ctx, 1) == "v1"
     v1 = ctx.ledger.find_model_version("v1")
-    assert v1["status"] == "held" and v1["note"].startswith("held: worse on dev than v0")
-    assert v1["metrics"]["dev_loss"] > v1["metrics"]["parent_dev_loss"]
+    assert v1["status"] == "held" and v1["note"].startswith("held: worse on the gate pairs than v0")
+    assert v1["metrics"]["gate_loss"] > v1["metrics"]["parent_gate_loss"]
     assert ctx.ledger.find_current_model()["version"] == "v0"  # the version in use did not change
 
     result = CliRunner().invoke(main, ["models"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
@@ -143,19 +143,48 @@ def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_m
 
 
 def test_gate_promotes_a_better_version_with_early_stopping_metrics(tmp_path, starter_model):
-    ctx = _ctx(tmp_path, starter_model, n=30, learner__lr=3e-4, **{**GATED, "learner__epochs": 4})
+    ctx = _ctx(tmp_path, starter_model, n=50, learner__lr=3e-4, **{**GATED, "learner__epochs": 4})
     _verify_all(ctx.ledger)
     assert rounds.train_round(ctx, 1) == "v1"
     v1 = ctx.ledger.find_current_model()
     assert v1["version"] == "v1" and v1["status"] == "promoted" and v1["note"].startswith("promoted v0")
     metrics = ctx.ledger.find_model_version("v1")["metrics"]
-    train, dev = versions.split_dev(ctx.ledger.verified_pairs(), 0.3, 3)
-    assert metrics["dev_pairs"] == len(dev) >= 3 and metrics["pairs"] == len(train)
-    assert metrics["dev_loss"] <= metrics["parent_dev_loss"]
-    # dev loss is best after epoch 1 and worse after epoch 2: patience 1 stops there; epoch 1 is saved
+    split = versions.split_dev(ctx.ledger.verified_pairs(), GATED["learner__dev_fraction"])
+    assert metrics["dev_pairs"] == len(split.select) >= 3 and metrics["pairs"] == len(split.train)
+    assert metrics["gate_pairs"] == len(split.gate) >= 3
+    assert metrics["gate_loss"] <= metrics["parent_gate_loss"]
+    # the selection loss is best after epoch 1 and worse after epoch 2: patience 1 stops there; epoch 1 is saved
     assert metrics["best_epoch"] == 1 and metrics["epochs"] == 2 == len(metrics["dev_losses"])
     assert metrics["dev_loss"] == min(metrics["dev_losses"])
-    assert learner.evaluate_loss(v1["path"], dev) == pytest.approx(metrics["dev_loss"], rel=1e-5)
+    assert learner.evaluate_loss(v1["path"], split.select) == pytest.approx(metrics["dev_loss"], rel=1e-5)
+    # the gate's losses are on pairs neither model trained or selected on
+    assert learner.evaluate_loss(v1["path"], split.gate) == pytest.approx(metrics["gate_loss"], rel=1e-5)
+    assert f"{metrics['gate_loss']:.4f} vs {metrics['parent_gate_loss']:.4f}" in v1["note"]
+
+
+def test_the_dev_split_is_fixed_from_the_first_pair_and_its_parts_never_meet():
+    pairs = [(f"source {i}", f"target {i}") for i in range(400)]
+    split = versions.split_dev(pairs, 0.2)
+    assert {*split.train, *split.select, *split.gate} == set(pairs)
+    assert not ({*split.train} & {*split.select} or {*split.train} & {*split.gate} or {*split.select} & {*split.gate})
+    assert 40 <= len(split.select + split.gate) <= 120 and split.select and split.gate
+    for n in (1, 5, 30, 200):  # a pair's side does not depend on how many pairs exist
+        few = versions.split_dev(pairs[:n], 0.2)
+        assert few.train == [p for p in split.train if p in pairs[:n]]
+        assert few.gate == [p for p in split.gate if p in pairs[:n]]
+
+
+def test_dev_pairs_are_never_trained_on_even_before_the_gate_starts(tmp_path, starter_model):
+    # 12 pairs at dev_fraction 0.5: a few are dev pairs, fewer than min_dev_pairs (8), so no gate yet;
+    # they are still held out, so that a later gate never judges a parent that trained on them
+    ctx = _ctx(tmp_path, starter_model, n=12, learner__epochs=1, learner__dev_fraction=0.5)
+    _verify_all(ctx.ledger)
+    split = versions.split_dev(ctx.ledger.verified_pairs(), 0.5)
+    assert 0 < split.held_out < 12
+    rounds.train_round(ctx, 1)
+    v1 = ctx.ledger.find_current_model()
+    assert v1["metrics"]["pairs"] == len(split.train) == 12 - split.held_out
+    assert "without a gate" in v1["note"] and v1["pairs"] == 12
 
 
 def test_small_verified_sets_are_promoted_without_a_gate(tmp_path, starter_model):
@@ -179,20 +208,17 @@ def test_keep_last_prunes_old_checkpoints_but_never_the_one_in_use(tmp_path, sta
     assert versions.prune(ctx.ledger, ctx.settings.models_dir, 1) == []
 
 
-@pytest.mark.parametrize(
-    ("pairs", "fraction", "min_dev", "dev_size"),
-    [(40, 0.0, 1, 0), (40, 0.5, 1, None), (5, 0.1, 8, 0), (3, 0.99, 1, 0)],
-)
-def test_split_dev_is_stable_and_disjoint(pairs, fraction, min_dev, dev_size):
+@pytest.mark.parametrize(("pairs", "fraction", "held_out"), [(40, 0.0, 0), (40, 0.5, None), (3, 0.99, 3)])
+def test_split_dev_is_stable_and_disjoint(pairs, fraction, held_out):
     data = [(f"source {i}", f"target {i}") for i in range(pairs)]
-    train, dev = versions.split_dev(data, fraction, min_dev)
-    assert sorted(train + dev) == sorted(data) and not set(train) & set(dev)
-    if dev_size is not None:
-        assert len(dev) == dev_size
+    split = versions.split_dev(data, fraction)
+    assert sorted(split.train + split.select + split.gate) == sorted(data)
+    if held_out is not None:
+        assert split.held_out == held_out
     else:
-        assert 0 < len(dev) < pairs
-        more_train, more_dev = versions.split_dev(data + [("source x", "y")], fraction, min_dev)
-        assert set(dev) <= set(more_dev)  # a dev pair stays dev as the verified set grows
+        assert 0 < len(split.select) and 0 < len(split.gate) and split.held_out < pairs
+        more = versions.split_dev(data + [("source x", "y")], fraction)
+        assert set(split.gate) <= set(more.gate)  # a dev pair stays dev as the verified set grows
 
 
 # --- rollback against training and pruning in other processes ----------------------------------------------
