@@ -52,14 +52,20 @@ class ClusterSettings(_Section):
 class LearnerSettings(_Section):
     base_model: str = "google/flan-t5-base"
     batch_size: int = Field(32, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
+    max_target_tokens: int = Field(
+        128, ge=1, description="target length in tokens for training, dev loss and generation alike; longer targets"
+        " are cut without their end token (a warning counts them). The old name max_new_tokens is still read"
+    )
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-4, gt=0)
     seed: int = 0
     runtime: Literal[RUNTIMES] = Field(
         "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"
     )
-    max_source_tokens: int = Field(128, ge=1)
+    max_source_tokens: int = Field(
+        128, ge=1, description="source length in tokens for training, dev loss and generation alike (a warning"
+        " counts the sources cut)"
+    )
     dev_fraction: float = Field(
         0.2, ge=0, lt=1, description="share of verified pairs never trained on, chosen by a hash of the source from"
         " the first round: half picks the best epoch (early stopping), half is the promotion gate's test"
@@ -69,6 +75,16 @@ class LearnerSettings(_Section):
     )
     patience: int = Field(1, ge=1, description="early stopping: epochs without a better dev loss")
     keep_last: int = Field(3, ge=1, description="trained checkpoints kept on disk (the promoted one always is)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        # max_new_tokens set only generation's length; max_target_tokens sets training's and dev loss's too
+        if isinstance(data, dict) and "max_new_tokens" in data:
+            data = dict(data)
+            value = data.pop("max_new_tokens")
+            data.setdefault("max_target_tokens", value)
+        return data
 
 
 class AttributeSettings(_Section):

@@ -150,7 +150,7 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
             log.info("learner %s writes interim outputs for %d items (%s)", key, len(need), s.learner.runtime)
             outputs = learner.generate(
                 model["path"], [it["text"] for it in need], batch_size=s.learner.batch_size,
-                max_new_tokens=s.learner.max_new_tokens, max_source_tokens=s.learner.max_source_tokens,
+                max_new_tokens=s.learner.max_target_tokens, max_source_tokens=s.learner.max_source_tokens,
                 progress=ctx.progress, runtime=s.learner.runtime, cache_dir=Path(s.models_dir) / ".ct2",
             )
             known.update(zip((it["id"] for it in need), outputs, strict=True))
@@ -402,17 +402,19 @@ def train_round(ctx: Context, round_id: int) -> str:
     version = _next_version(ledger)
     out = Path(s.models_dir) / version
     parent_path = s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"]
+    lengths = {"max_source_tokens": s.learner.max_source_tokens, "max_target_tokens": s.learner.max_target_tokens}
     early_stop = len(split.select) >= s.learner.min_dev_pairs  # a handful of pairs would pick epochs by noise
     metrics = learner.fine_tune(
         parent_path, split.train, out, epochs=s.learner.epochs, lr=s.learner.lr,
         batch_size=min(16, s.learner.batch_size), seed=s.learner.seed + round_id, progress=ctx.progress,
         dev_pairs=split.select if early_stop else None, patience=s.learner.patience if early_stop else None,
+        **lengths,
     )
     metrics["held_out"] = split.held_out
     if len(split.gate) >= s.learner.min_dev_pairs:  # the gate, on pairs neither model trained or selected on
         metrics["gate_pairs"] = len(split.gate)
-        metrics["gate_loss"] = learner.evaluate_loss(str(out), split.gate)
-        metrics["parent_gate_loss"] = learner.evaluate_loss(parent_path, split.gate)
+        metrics["gate_loss"] = learner.evaluate_loss(str(out), split.gate, **lengths)
+        metrics["parent_gate_loss"] = learner.evaluate_loss(parent_path, split.gate, **lengths)
         promote, note = versions.gate(metrics["gate_loss"], metrics["parent_gate_loss"], parent["version"],
                                       len(split.gate))
     else:

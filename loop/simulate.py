@@ -283,7 +283,7 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         if accepted:
             fit = learner.fine_tune(cfg.learner, [(pool_text[i], pool_ref[i]) for i in accepted], ckpt,
                                     epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                    seed=seed * 1000 + rnd)
+                                    seed=seed * 1000 + rnd, max_target_tokens=cfg.max_new_tokens)
             model = str(ckpt)
         row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
                "accepted": len(ok), "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
