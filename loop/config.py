@@ -52,6 +52,10 @@ class ClusterSettings(_Section):
 class LearnerSettings(_Section):
     base_model: str = "google/flan-t5-base"
     batch_size: int = Field(32, ge=1)
+    instruction: bool = Field(
+        True, description="give the learner the task template's instruction around each input (FLAN-T5 is"
+        " instruction-tuned); false for a model trained on bare texts, such as the starter"
+    )
     max_target_tokens: int = Field(
         128, ge=1, description="target length in tokens for training, dev loss and generation alike; longer targets"
         " are cut without their end token (a warning counts them). The old name max_new_tokens is still read"

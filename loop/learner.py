@@ -3,7 +3,8 @@
 Functions take and return plain lists so they can be mapped over batches (e.g. Ray Data
 `map_batches`). A model is loaded once per process per resolved path and reused; `fine_tune` trains a
 deep copy, so the cached model of its base is never mutated. Callers pass texts exactly as the model
-should see them (any FLAN-T5 style instruction prefix is the caller's business).
+should see them: the task's instruction is applied by loop.rounds (`learner_input`), the same way
+for generation, training and dev loss.
 """
 
 from __future__ import annotations

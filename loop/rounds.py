@@ -10,6 +10,7 @@ after it is completely written.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -122,10 +123,27 @@ def prepare_pool(ctx: Context) -> dict[int, int]:
     return ledger.clusters()
 
 
+def learner_instruction(settings: Settings) -> str:
+    """The instruction the learner sees around each input (the task template's `instruction:`), or ""
+    when `learner.instruction` is off; generation, training and dev loss all go through it."""
+    if not settings.learner.instruction:
+        return ""
+    return teacher.load_template(settings.task, settings.teacher.template).instruction
+
+
+def learner_input(instruction: str, text: str) -> str:
+    """A pool text as the learner sees it under `instruction` (see teacher.Template.learner_input)."""
+    return instruction.replace("{text}", text) if instruction else text
+
+
 def score_key(settings: Settings, version: str) -> tuple[str, str]:
     """(output key, R's signature): where a learner version's interim outputs and their scores are
-    stored. Whoever reads scores (selection, a top-up) must use this pair, or it finds none."""
+    stored. ct2-int8 outputs can differ from float32 ones and a new instruction changes every output,
+    so both are part of the key. Whoever reads scores (selection, a top-up) must use this pair."""
     key = f"{version}@int8" if settings.learner.runtime == "ct2-int8" else version
+    instruction = learner_instruction(settings)
+    if instruction:
+        key += "|" + hashlib.sha1(instruction.encode("utf-8")).hexdigest()[:8]
     return key, scorer_signature(settings.scorer)
 
 
@@ -135,7 +153,7 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
     Stored rows are keyed by (item, learner version, R's signature): a new version regenerates, a new R
     (kind, model, label, weights, probe file) re-scores the stored outputs without regenerating them.
     Pool texts never change under an id (ingest deduplicates and never updates). ct2-int8 outputs can
-    differ from float32 ones, so they are stored under `<version>@int8`."""
+    differ from float32 ones, and the learner's instruction changes every output: see `score_key`."""
     s, ledger = ctx.settings, ctx.ledger
     signature, scorer = build_scorer(s.scorer)
     key = score_key(s, model["version"])[0]
@@ -148,8 +166,9 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
         need = [it for it in items if it["id"] not in known]
         if need:
             log.info("learner %s writes interim outputs for %d items (%s)", key, len(need), s.learner.runtime)
+            instruction = learner_instruction(s)
             outputs = learner.generate(
-                model["path"], [it["text"] for it in need], batch_size=s.learner.batch_size,
+                model["path"], [learner_input(instruction, it["text"]) for it in need], batch_size=s.learner.batch_size,
                 max_new_tokens=s.learner.max_target_tokens, max_source_tokens=s.learner.max_source_tokens,
                 progress=ctx.progress, runtime=s.learner.runtime, cache_dir=Path(s.models_dir) / ".ct2",
             )
@@ -394,7 +413,10 @@ def train_round(ctx: Context, round_id: int) -> str:
         return parent["version"]
     from loop import learner, versions
 
-    split = versions.split_dev(pairs, s.learner.dev_fraction)
+    split = versions.split_dev(pairs, s.learner.dev_fraction)  # by the bare source: stable if the instruction changes
+    instruction = learner_instruction(s)
+    split = versions.DevSplit(*([(learner_input(instruction, x), y) for x, y in part]
+                                for part in (split.train, split.select, split.gate)))
     if not split.train:
         log.info("round %d: all %d verified pairs are held out for dev; the learner stays %s", round_id,
                  len(pairs), parent["version"])

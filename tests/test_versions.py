@@ -30,6 +30,7 @@ def _pool_file(path: Path, start: int, stop: int) -> Path:
 
 
 def _ctx(tmp_path: Path, starter_model: Path, n: int = 12, **overrides) -> Context:
+    overrides.setdefault("learner__instruction", False)  # the starter was trained on bare texts
     settings = load_settings(data_dir=str(tmp_path / "proj"), learner__base_model=str(starter_model),
                              learner__max_new_tokens=16, **overrides)
     ledger = Ledger(settings.ledger_path)
@@ -74,14 +75,15 @@ def test_scoring_recomputes_only_what_changed(tmp_path, starter_model, spies):
 
     # a different R re-scores the stored outputs of the same version without regenerating them
     ctx.settings = load_settings(data_dir=ctx.settings.data_dir, learner__base_model=str(starter_model),
-                                 learner__max_new_tokens=16,
+                                 learner__max_new_tokens=16, learner__instruction=False,
                                  scorer__attributes=[{"kind": "profanity", "weight": 2.0}])
     again = rounds.score_candidates(ctx, ids, v0)
     assert spies == {"generated": 16, "scored": 32}
     assert again.keys() == before.keys()
     assert all(again[i][0] == before[i][0] for i in ids)  # the same stored outputs ...
     assert all(again[i][1] == pytest.approx(before[i][1]) for i in ids)  # ... and profanity*2/2 == profanity
-    assert len(ctx.ledger.scores("v0", "weighted(profanity*2)")) == 16  # stored under R's new signature
+    key = rounds.score_key(ctx.settings, "v0")
+    assert key[1] == "weighted(profanity*2)" and len(ctx.ledger.scores(*key)) == 16  # under R's new signature
 
     # a new learner version regenerates everything for that version
     ctx.ledger.add_model_version("v1", path=str(starter_model), parent="v0", round_id=1, pairs=0, metrics={})
@@ -279,3 +281,43 @@ def test_leftovers_of_a_killed_training_are_swept_and_checkpoints_kept(tmp_path)
     assert sorted(versions.sweep_temporaries(models)) == sorted(leftovers)
     assert not any(p.exists() for p in leftovers) and all((p / "model.safetensors").exists() for p in kept)
     assert versions.sweep_temporaries(models) == [] and versions.sweep_temporaries(tmp_path / "none") == []
+
+
+# --- the learner's instruction: the same input for generation, training and dev loss -----------------------
+def test_the_learner_sees_the_templates_instruction_in_generation_training_and_dev_loss(tmp_path, starter_model,
+                                                                                          monkeypatch):
+    template = tmp_path / "mine.txt"
+    template.write_text("name: mine\nversion: 1\ninstruction: Make polite: {text}\n---\nRewrite: {text}\n")
+    ctx = _ctx(tmp_path, starter_model, n=30, teacher__template=str(template),
+               learner__instruction=True, **GATED)
+    seen: dict[str, list[str]] = {"generate": [], "train": [], "select": [], "gate": []}
+    real_generate, real_tune, real_loss = learner.generate, learner.fine_tune, learner.evaluate_loss
+
+    def generate(model, texts, **kw):
+        seen["generate"] += texts
+        return real_generate(model, texts, **kw)
+
+    def fine_tune(base, pairs, out, **kw):
+        seen["train"] += [s for s, _ in pairs]
+        seen["select"] += [s for s, _ in kw.get("dev_pairs") or []]
+        return real_tune(base, pairs, out, **kw)
+
+    def evaluate_loss(model, pairs, **kw):
+        seen["gate"] += [s for s, _ in pairs]
+        return real_loss(model, pairs, **kw)
+
+    monkeypatch.setattr(learner, "generate", generate)
+    monkeypatch.setattr(learner, "fine_tune", fine_tune)
+    monkeypatch.setattr(learner, "evaluate_loss", evaluate_loss)
+    items = ctx.ledger.pool_items()
+    rounds.score_candidates(ctx, [it["id"] for it in items], rounds.current_learner(ctx))
+    _verify_all(ctx.ledger)
+    rounds.train_round(ctx, 1)
+    assert seen["generate"] == [f"Make polite: {it['text']}" for it in items]
+    for part in ("train", "select", "gate"):
+        assert seen[part] and all(s.startswith("Make polite: ") for s in seen[part]), part
+    # the split is by the bare source, so the same pairs are held out with or without an instruction
+    split = versions.split_dev(ctx.ledger.verified_pairs(), GATED["learner__dev_fraction"])
+    assert sorted(seen["train"]) == sorted(f"Make polite: {s}" for s, _ in split.train)
+    # outputs under another instruction are stored apart: changing it regenerates
+    assert rounds.score_key(ctx.settings, "v0")[0].startswith("v0|")
