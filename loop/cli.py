@@ -179,6 +179,11 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
                            "completion tokens", "cost (USD)"],
          [[r, u["calls"], u["attempts"], u["failures"], u["cached"], u["prompt_tokens"], u["completion_tokens"],
            f"{u['cost']:.4f}"] for r, u in [*usage["rounds"].items(), ("all", usage["total"])]])
+    if facts["r_attributes"]:
+        show("R's attributes over each round's selected items (normalised, weighted)",
+             ["round", "attribute", "weight", "mean raw score", "mean contribution", "share"],
+             [[a["round"], a["attribute"], f"{a['weight']:g}", f"{a['mean_score']:.3f}",
+               f"{a['mean_contribution']:.3f}", pct(a["share"])] for a in facts["r_attributes"]])
     # scalar metrics only (losses, epochs, seconds): lists and paths belong to `labelloop models`
     metric_names = sorted({k for v in facts["learners"] for k, x in v["metrics"].items()
                            if isinstance(x, int | float) and not isinstance(x, bool) and k != "pairs"})

@@ -109,8 +109,13 @@ class AttributeSettings(_Section):
 
 
 class ScorerSettings(AttributeSettings):
-    # several attributes at once (weighted mean); when set, kind/model/label above are ignored
+    # several attributes at once (weighted); when set, kind/model/label above are ignored
     attributes: list[AttributeSettings] = Field(default_factory=list)
+    normalise: Literal["rank", "zscore", "none"] = Field(
+        "rank", description="several attributes: put each on a common scale over the candidates before weighting"
+        " (rank: share of candidates scored lower; zscore), so that the attribute with the widest spread does not"
+        " decide alone; none: the weighted mean of raw probabilities"
+    )
 
 
 class SelectSettings(_Section):

@@ -11,6 +11,7 @@ after it is completely written.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from loop import teacher
 from loop.config import Settings
 from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
-from loop.scorer import build_scorer, score_texts
+from loop.scorer import build_one, build_scorer, combine, score_texts
 from loop.scorer import signature as scorer_signature
 from loop.select import STRATEGIES
 from loop.vocab import BASE_VERSION, RANDOM_STRATEGIES, version_name, version_number
@@ -147,16 +148,49 @@ def score_key(settings: Settings, version: str) -> tuple[str, str]:
     return key, scorer_signature(settings.scorer)
 
 
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of a several-attribute R over the candidates: its raw scores and its weighted,
+    normalised contribution to each candidate's informativeness (aligned with the candidate ids)."""
+
+    signature: str
+    weight: float
+    raw: np.ndarray
+    contribution: np.ndarray
+
+
 def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tuple[str, float]]:
     """Interim outputs G(x) and informativeness R(G(x)) for `ids`, computing only what is not stored.
 
     Stored rows are keyed by (item, learner version, R's signature): a new version regenerates, a new R
     (kind, model, label, weights, probe file) re-scores the stored outputs without regenerating them.
     Pool texts never change under an id (ingest deduplicates and never updates). ct2-int8 outputs can
-    differ from float32 ones, and the learner's instruction changes every output: see `score_key`."""
+    differ from float32 ones, and the learner's instruction changes every output: see `score_key`.
+    With several attributes each is scored and stored on its own, then normalised over `ids` and
+    weighted (scorer.normalise), so the informativeness depends on the candidates scored together."""
+    return _score_candidates(ctx, ids, model)[0]
+
+
+def _score_candidates(ctx: Context, ids: list[int], model: dict) -> tuple[dict, list[Attribute]]:
     s, ledger = ctx.settings, ctx.ledger
-    signature, scorer = build_scorer(s.scorer)
-    key = score_key(s, model["version"])[0]
+    key, signature = score_key(s, model["version"])
+    if not s.scorer.attributes or s.scorer.normalise == "none":
+        return _score_stored(ctx, ids, model, key, *build_scorer(s.scorer)), []
+    attributes = []
+    for a in s.scorer.attributes:
+        one, scorer = build_one(a.kind, a.model, a.label)
+        got = _score_stored(ctx, ids, model, key, one, scorer)
+        attributes.append((one, a.weight, np.array([got[i][1] for i in ids])))
+    total, parts = combine([raw for _, _, raw in attributes], [w for _, w, _ in attributes], s.scorer.normalise)
+    interims = [got[i][0] for i in ids]
+    ledger.put_scores(key, signature, ids, interims, total.tolist())  # as of this selection, for its top-ups
+    return ({i: (y, float(t)) for i, y, t in zip(ids, interims, total, strict=True)},
+            [Attribute(sig, w, raw, part) for (sig, w, raw), part in zip(attributes, parts, strict=True)])
+
+
+def _score_stored(ctx: Context, ids: list[int], model: dict, key: str, signature: str, scorer) -> dict:
+    """(interim, score) per id under one R signature, generating and scoring only what is not stored."""
+    s, ledger = ctx.settings, ctx.ledger
     todo = ledger.ids_without_score(key, signature, ids)
     if todo:
         from loop import learner  # torch loads only where a learner runs (not in the web backend)
@@ -189,7 +223,7 @@ def select_round(ctx: Context) -> int | None:
     if not candidates:
         return None
     model = current_learner(ctx)
-    scored = score_candidates(ctx, candidates, model)
+    scored, attributes = _score_candidates(ctx, candidates, model)
     scores = np.array([scored[i][1] for i in candidates])
     labels = np.array([clusters[i] for i in candidates])
     round_no = len(ledger.rounds()) + 1
@@ -203,6 +237,12 @@ def select_round(ctx: Context) -> int | None:
     round_id = ledger.create_round(
         strategy=s.select.strategy, budget=s.select.budget, learner_version=model["version"], items=items
     )
+    if attributes and len(picked):  # what each attribute of R contributed to this batch (labelloop status)
+        total = float(scores[picked].mean())
+        ledger.set_meta(f"round:{round_id}:r_attributes", json.dumps([
+            {"attribute": a.signature, "weight": a.weight, "mean_score": float(a.raw[picked].mean()),
+             "mean_contribution": float(a.contribution[picked].mean()),
+             "share": float(a.contribution[picked].mean()) / total if total else None} for a in attributes]))
     log.info("round %d: selected %d items (%s, budget %d)", round_id, len(items), s.select.strategy, s.select.budget)
     return round_id
 

@@ -298,7 +298,7 @@ def test_output_checks(text, reason):
 SCORE_KEYS = [
     ({}, ("v0", "profanity")),
     ({"learner__runtime": "ct2-int8"}, ("v0@int8", "profanity")),
-    ({"scorer__attributes": [{"kind": "profanity", "weight": 2.0}]}, ("v0", "weighted(profanity*2)")),
+    ({"scorer__attributes": [{"kind": "profanity", "weight": 2.0}]}, ("v0", "weighted[rank](profanity*2)")),
     ({"scorer__kind": "hf-classifier", "scorer__model": "my/toxic-model", "scorer__label": "toxic"},
      ("v0", "hf-classifier:my/toxic-model#toxic")),
 ]

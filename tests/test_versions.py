@@ -8,10 +8,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loop import learner, rounds, versions
+from loop import learner, rounds, scorer, versions
 from loop.cli import main
 from loop.config import load_settings
 from loop.ingest import ingest
@@ -75,7 +76,7 @@ def test_scoring_recomputes_only_what_changed(tmp_path, starter_model, spies):
 
     # a different R re-scores the stored outputs of the same version without regenerating them
     ctx.settings = load_settings(data_dir=ctx.settings.data_dir, learner__base_model=str(starter_model),
-                                 learner__max_new_tokens=16, learner__instruction=False,
+                                 learner__max_new_tokens=16, learner__instruction=False, scorer__normalise="none",
                                  scorer__attributes=[{"kind": "profanity", "weight": 2.0}])
     again = rounds.score_candidates(ctx, ids, v0)
     assert spies == {"generated": 16, "scored": 32}
@@ -321,3 +322,35 @@ def test_the_learner_sees_the_templates_instruction_in_generation_training_and_d
     assert sorted(seen["train"]) == sorted(f"Make polite: {s}" for s, _ in split.train)
     # outputs under another instruction are stored apart: changing it regenerates
     assert rounds.score_key(ctx.settings, "v0")[0].startswith("v0|")
+
+
+# --- a several-attribute R: normalised over the candidates, each attribute's contribution in status ----------
+def test_a_weighted_r_is_normalised_over_the_candidates_and_status_shows_each_attributes_share(tmp_path,
+                                                                                               starter_model):
+    from loop import status
+    from tests.test_scorer import _tiny_bert
+
+    clf = _tiny_bert(tmp_path / "clf", ["toxic", "insult"], problem_type="multi_label_classification")
+    attributes = [{"kind": "profanity", "weight": 1.0},
+                  {"kind": "hf-classifier", "model": str(clf), "label": "insult", "weight": 3.0}]
+    ctx = _ctx(tmp_path, starter_model, n=16, scorer__attributes=attributes, select__budget=4, cluster__k=2)
+    round_id = rounds.select_round(ctx)
+    key, signature = rounds.score_key(ctx.settings, "v0")
+    assert signature.startswith("weighted[rank](profanity*1,hf-classifier:")
+    raw = [ctx.ledger.scores(key, "profanity"), ctx.ledger.scores(key, f"hf-classifier:{clf}#insult")]
+    assert all(len(r) == 16 for r in raw)  # each attribute stored on its own, reusable when weights change
+    ids = sorted(raw[0])
+    expected, _ = scorer.combine([[r[i][1] for i in ids] for r in raw], [1.0, 3.0], "rank")
+    combined = ctx.ledger.scores(key, signature)
+    assert [combined[i][1] for i in ids] == pytest.approx(expected.tolist())
+    batch = ctx.ledger.batch(round_id)
+    assert all(b["score"] == pytest.approx(combined[b["pool_id"]][1]) for b in batch)
+
+    rows = status.facts(ctx.ledger)["r_attributes"]
+    assert [(r["round"], r["attribute"], r["weight"]) for r in rows] == [
+        (round_id, "profanity", 1.0), (round_id, f"hf-classifier:{clf}#insult", 3.0)]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    picked = [b["pool_id"] for b in batch]
+    assert rows[0]["mean_score"] == pytest.approx(np.mean([raw[0][i][1] for i in picked]))
+    result = CliRunner().invoke(main, ["status"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
+    assert result.exit_code == 0 and "R's attributes" in result.output, result.output
