@@ -429,6 +429,12 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="An output with sentence chrF below this counts as a failure.")
 @click.option("--epochs", default=4, show_default=True, help="Fine-tuning epochs per round.")
 @click.option("--lr", default=3e-4, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--regime", default="retrain", show_default=True, type=click.Choice(["retrain", "continue"]),
+              help="retrain: from the starter each round (the paper); continue: from the last round's learner.")
+@click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "adafactor"]),
+              help="Fine-tuning optimizer.")
+@click.option("--warmup", default=0.1, show_default=True, help="Share of steps with linear warm-up, then decay.")
+@click.option("--weight-decay", default=0.01, show_default=True, help="Weight decay (never on norms or biases).")
 @click.option("--runtime", default="ct2", show_default=True, type=click.Choice(RUNTIMES),
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),

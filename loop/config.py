@@ -61,7 +61,15 @@ class LearnerSettings(_Section):
         " are cut without their end token (a warning counts them). The old name max_new_tokens is still read"
     )
     epochs: int = Field(2, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0, description="peak learning rate (after warm-up)")
+    regime: Literal["retrain", "continue"] = Field(
+        "retrain", description="retrain: each round fine-tunes the base model on all verified pairs (the paper);"
+        " continue: each round fine-tunes the version in use on all verified pairs"
+    )
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="AdamW, or Adafactor as T5 was trained")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of a round's steps with a linear warm-up; then"
+                          " linear decay to 0")
+    weight_decay: float = Field(0.01, ge=0, description="on weight matrices and embeddings; never on norms or biases")
     seed: int = 0
     runtime: Literal[RUNTIMES] = Field(
         "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"

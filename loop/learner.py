@@ -29,7 +29,8 @@ from loop.errors import LearnerError
 from loop.runtime import generate_batches
 from loop.vocab import RUNTIMES
 
-__all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache", "encode_pairs"]
+__all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache", "encode_pairs", "param_groups",
+           "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,40 @@ def _check_pairs(pairs: list[tuple[str, str]], what: str) -> list[tuple[str, str
     return pairs
 
 
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: weight decay on weight matrices and embeddings only; none on
+    normalisation scales and biases, which decay would pull towards 0 (T5's RMSNorm scale included)."""
+    decay, no_decay = [], []
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based) of `total`: linear warm-up over the
+    first `warmup` share of steps, then linear decay to 0 at the end (T5 fine-tuning's usual shape)."""
+    ramp = max(1, round(warmup * total)) if warmup > 0 else 0
+    if step < ramp:
+        return (step + 1) / ramp
+    return max(0.0, (total - step) / max(1, total - ramp))
+
+
+def _optimizer(net: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups(net, weight_decay), lr=lr)
+    if name == "adafactor":  # the optimizer T5 was trained with; a fixed lr under our schedule
+        from transformers.optimization import Adafactor
+
+        return Adafactor(param_groups(net, weight_decay), lr=lr, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
 def fine_tune(
     base: str,
     pairs: list[tuple[str, str]],
@@ -199,6 +234,9 @@ def fine_tune(
     lr: float = 5e-4,
     batch_size: int = 16,
     seed: int = 0,
+    optimizer: str = "adamw",
+    warmup: float = 0.1,
+    weight_decay: float = 0.01,
     max_source_tokens: int = SOURCE_TOKENS,
     max_target_tokens: int = TARGET_TOKENS,
     progress: bool = False,
@@ -212,7 +250,10 @@ def fine_tune(
     With `dev_pairs`, the dev loss is measured after every epoch, the best epoch's weights are the ones
     saved (metrics "dev_loss", "best_epoch"), and training stops after `patience` epochs without
     improvement (early stopping; None trains all `epochs`). The dev loss uses the same lengths as
-    training; a warning counts the sources and targets that are cut."""
+    training; a warning counts the sources and targets that are cut.
+
+    Schedule: `optimizer` ("adamw" or "adafactor") with linear warm-up over the first `warmup` share of
+    the planned steps and linear decay to 0 (`lr_factor`); `weight_decay` spares norms and biases."""
     pairs = _check_pairs(pairs, "fine_tune")
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
@@ -232,8 +273,9 @@ def fine_tune(
         net = copy.deepcopy(cached)
         net.train()
         device = next(net.parameters()).device
-        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        opt = _optimizer(net, optimizer, lr, weight_decay)
         n_batches = math.ceil(len(pairs) / batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, epochs * n_batches, warmup))
         bar = _bar(epochs * n_batches, "fine-tune", progress)
         for epoch in range(1, epochs + 1):
             order = list(range(len(pairs)))
@@ -247,6 +289,7 @@ def fine_tune(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
                 opt.step()
+                sched.step()
                 total += loss.item() * len(chunk)
                 count += len(chunk)
                 bar.update(1)
@@ -267,13 +310,14 @@ def fine_tune(
         net.load_state_dict(best[2])
         extra = {"dev_loss": best[0], "best_epoch": best[1], "dev_losses": dev_losses, "dev_pairs": len(dev or [])}
     _save_atomically(net, tokenizer, out_dir)
-    del net, opt
+    del net, opt, sched
     return {
         "train_loss": epoch_losses[-1],
         "pairs": len(pairs),
         "epochs": len(epoch_losses),
         "seconds": round(time.perf_counter() - t0, 3),
         "epoch_losses": epoch_losses,
+        "optimizer": optimizer,
         "out_dir": str(out_dir),
         **extra,
     }

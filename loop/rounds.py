@@ -440,8 +440,8 @@ def _full_sync_due(ctx: Context) -> bool:
 
 
 def train_round(ctx: Context, round_id: int) -> str:
-    """Fine-tune the current learner on the verified pairs outside the dev split; gate and register the
-    new version."""
+    """Fine-tune on the verified pairs outside the dev split, from the base model (`learner.regime`
+    "retrain", the paper's) or from the version in use ("continue"); gate and register the new version."""
     s, ledger = ctx.settings, ctx.ledger
     trained = [v["version"] for v in ledger.model_versions() if v["round_id"] == round_id]
     if trained:  # a crash after registering the checkpoint, before the round was marked done
@@ -466,13 +466,15 @@ def train_round(ctx: Context, round_id: int) -> str:
     parent_path = s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"]
     lengths = {"max_source_tokens": s.learner.max_source_tokens, "max_target_tokens": s.learner.max_target_tokens}
     early_stop = len(split.select) >= s.learner.min_dev_pairs  # a handful of pairs would pick epochs by noise
+    start = s.learner.base_model if s.learner.regime == "retrain" else parent_path
     metrics = learner.fine_tune(
-        parent_path, split.train, out, epochs=s.learner.epochs, lr=s.learner.lr,
+        start, split.train, out, epochs=s.learner.epochs, lr=s.learner.lr, optimizer=s.learner.optimizer,
+        warmup=s.learner.warmup, weight_decay=s.learner.weight_decay,
         batch_size=min(16, s.learner.batch_size), seed=s.learner.seed + round_id, progress=ctx.progress,
         dev_pairs=split.select if early_stop else None, patience=s.learner.patience if early_stop else None,
         **lengths,
     )
-    metrics["held_out"] = split.held_out
+    metrics["held_out"], metrics["regime"] = split.held_out, s.learner.regime
     if len(split.gate) >= s.learner.min_dev_pairs:  # the gate, on pairs neither model trained or selected on
         metrics["gate_pairs"] = len(split.gate)
         metrics["gate_loss"] = learner.evaluate_loss(str(out), split.gate, **lengths)

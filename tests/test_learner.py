@@ -214,3 +214,33 @@ def test_the_target_length_setting_reads_its_old_name():
 
     assert load_settings().learner.max_target_tokens == 128
     assert load_settings(learner__max_new_tokens=16).learner.max_target_tokens == 16
+
+
+# --- the training schedule: warm-up and decay, no weight decay on norms or biases ---------------------------
+def test_weight_decay_spares_norms_and_biases(tiny_model):
+    net, _ = learner.load(str(tiny_model))
+    decay, no_decay = learner.param_groups(net, 0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): n for n, p in net.named_parameters()}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    norms = {n for n, _ in net.named_parameters() if "layer_norm" in n}
+    assert norms and norms <= spared
+    assert not any("norm" in names[id(p)] or names[id(p)].endswith(".bias") for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero():
+    factors = [learner.lr_factor(step, 10, 0.2) for step in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0]  # two warm-up steps, then the peak
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False)) and factors[-1] == pytest.approx(1 / 8)
+    assert learner.lr_factor(10, 10, 0.2) == 0.0
+    assert learner.lr_factor(0, 10, 0.0) == 1.0  # no warm-up: decay from the first step
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_fine_tune_with_each_optimizer_lowers_the_loss(tiny_model, pairs, tmp_path, optimizer):
+    before = learner.evaluate_loss(str(tiny_model), pairs)
+    metrics = learner.fine_tune(str(tiny_model), pairs, tmp_path / optimizer, epochs=3, lr=2e-3, batch_size=8,
+                                optimizer=optimizer)
+    assert metrics["optimizer"] == optimizer
+    assert learner.evaluate_loss(str(tmp_path / optimizer), pairs) < before - 0.05

@@ -354,3 +354,24 @@ def test_a_weighted_r_is_normalised_over_the_candidates_and_status_shows_each_at
     assert rows[0]["mean_score"] == pytest.approx(np.mean([raw[0][i][1] for i in picked]))
     result = CliRunner().invoke(main, ["status"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
     assert result.exit_code == 0 and "R's attributes" in result.output, result.output
+
+
+# --- the training regime: retrain from the base on all of L (the paper), or continue from the version in use --
+@pytest.mark.parametrize(("regime", "second_start"), [("retrain", "base"), ("continue", "v1")])
+def test_each_round_starts_from_the_base_or_from_the_version_in_use(tmp_path, starter_model, monkeypatch, regime,
+                                                                    second_start):
+    ctx = _ctx(tmp_path, starter_model, n=12, learner__epochs=1, learner__regime=regime)
+    starts = []
+    real = learner.fine_tune
+
+    def fine_tune(base, pairs, out, **kw):
+        starts.append(base)
+        return real(base, pairs, out, **kw)
+
+    monkeypatch.setattr(learner, "fine_tune", fine_tune)
+    _verify_all(ctx.ledger)
+    rounds.train_round(ctx, 1)
+    rounds.train_round(ctx, 2)
+    v1 = ctx.ledger.find_model_version("v1")
+    assert starts == [str(starter_model), str(starter_model) if second_start == "base" else v1["path"]]
+    assert ctx.ledger.find_model_version("v2")["metrics"]["regime"] == regime
