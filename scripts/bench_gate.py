@@ -47,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from loop import learner, rounds
-    from loop.config import load_settings
+    from loop.config import LearnerSettings, load_settings
     from loop.ingest import ingest
     from loop.ledger import Ledger
 
@@ -60,9 +60,12 @@ def main() -> None:
         pool = Path(tmp) / "pool.tsv"
         lines = POOL.read_text(encoding="utf-8").splitlines()
         pool.write_text("\n".join(lines[: args.pool + 1]) + "\n", encoding="utf-8")
+        extra = {}
+        if "instruction" in LearnerSettings.model_fields:  # the starter was trained on bare texts
+            extra["learner__instruction"] = False
         settings = load_settings(data_dir=str(Path(tmp) / "proj"), pool__path=str(pool),
                                  learner__base_model=args.starter, learner__runtime="ct2",
-                                 teacher__kind="reference", select__budget=args.budget, cluster__k=args.k)
+                                 teacher__kind="reference", select__budget=args.budget, cluster__k=args.k, **extra)
         ledger = Ledger(settings.ledger_path)
         ingest(ledger, pool, text_col="text", reference_col="reference")
         ctx = rounds.Context(settings, ledger)
