@@ -137,3 +137,10 @@ def test_verdict_counts_a_difference_only_when_seed_ranges_do_not_overlap(a, b, 
         return {"min": lo_hi[0], "max": lo_hi[1], "n": 3}
 
     assert simreport.verdict(stats(a), stats(b), higher) == want
+
+
+def test_the_subgroup_plot_takes_seeds_with_equal_rates(tmp_path: Path):
+    # the mean of three rates of 0.1 is 0.1 + 1e-17: its whisker must not come out negative
+    records = [{"strategy": "stratified", "seed": seed, "round": 1, "groups": {"cluster 0": {"rate": 0.1}}}
+               for seed in range(3)]
+    assert simreport.plot_groups(records, tmp_path / "groups.png").is_file()
