@@ -133,7 +133,8 @@ def learner_instruction(settings: Settings) -> str:
 
 
 def learner_input(instruction: str, text: str) -> str:
-    """A pool text as the learner sees it under `instruction` (see teacher.Template.learner_input)."""
+    """A pool text as the learner sees it: the instruction with the text in place of `{text}`, or the bare
+    text when there is none (replace, not format: a text may hold braces)."""
     return instruction.replace("{text}", text) if instruction else text
 
 
