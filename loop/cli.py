@@ -206,6 +206,11 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
                            "completion tokens", "cost (USD)"],
          [[r, u["calls"], u["attempts"], u["failures"], u["cached"], u["prompt_tokens"], u["completion_tokens"],
            f"{u['cost']:.4f}"] for r, u in [*usage["rounds"].items(), ("all", usage["total"])]])
+    if facts["r_attributes"]:
+        show("R's attributes over each round's selected items (normalised, weighted)",
+             ["round", "attribute", "weight", "mean raw score", "mean contribution", "share"],
+             [[a["round"], a["attribute"], f"{a['weight']:g}", f"{a['mean_score']:.3f}",
+               f"{a['mean_contribution']:.3f}", pct(a["share"])] for a in facts["r_attributes"]])
     # scalar metrics only (losses, epochs, seconds): lists and paths belong to `labelloop models`
     metric_names = sorted({k for v in facts["learners"] for k, x in v["metrics"].items()
                            if isinstance(x, int | float) and not isinstance(x, bool) and k != "pairs"})
@@ -353,15 +358,15 @@ def models(config: str | None) -> None:
     ledger = _ledger_or_fail(_settings(config))
     current = (ledger.find_current_model() or {}).get("version")
     table = Table(title="learner versions (* = in use)")
-    for col in ("version", "parent", "round", "pairs", "train loss", "dev loss", "status", "on disk", "note"):
+    for col in ("version", "parent", "round", "pairs", "train loss", "gate loss", "status", "on disk", "note"):
         table.add_column(col)
     rows = sorted(ledger.model_versions(), key=lambda v: version_number(v["version"]))
     for v in rows:
         m = v["metrics"]
         table.add_row(v["version"] + (" *" if v["version"] == current else ""), v["parent"] or "",
                       "" if v["round_id"] is None else str(v["round_id"]), str(v["pairs"]),
-                      _metric(m.get("train_loss")), _metric(m.get("dev_loss")), v.get("status") or "",
-                      "no" if v.get("pruned") else "yes", v.get("note") or "")
+                      _metric(m.get("train_loss")), _metric(m.get("gate_loss", m.get("dev_loss"))),
+                      v.get("status") or "", "no" if v.get("pruned") else "yes", v.get("note") or "")
     console.print(table)
 
 
@@ -493,6 +498,12 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="An output with sentence chrF below this counts as a failure.")
 @click.option("--epochs", default=4, show_default=True, help="Fine-tuning epochs per round.")
 @click.option("--lr", default=3e-4, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--regime", default="retrain", show_default=True, type=click.Choice(["retrain", "continue"]),
+              help="retrain: from the starter each round (the paper); continue: from the last round's learner.")
+@click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "adafactor"]),
+              help="Fine-tuning optimizer.")
+@click.option("--warmup", default=0.1, show_default=True, help="Share of steps with linear warm-up, then decay.")
+@click.option("--weight-decay", default=0.01, show_default=True, help="Weight decay (never on norms or biases).")
 @click.option("--runtime", default="ct2", show_default=True, type=click.Choice(RUNTIMES),
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),

@@ -61,18 +61,51 @@ class ClusterSettings(_Section):
 class LearnerSettings(_Section):
     base_model: str = "google/flan-t5-base"
     batch_size: int = Field(32, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
+    instruction: bool = Field(
+        True, description="give the learner the task template's instruction around each input (FLAN-T5 is"
+        " instruction-tuned); false for a model trained on bare texts, such as the starter"
+    )
+    max_target_tokens: int = Field(
+        128, ge=1, description="target length in tokens for training, dev loss and generation alike; longer targets"
+        " are cut without their end token (a warning counts them). The old name max_new_tokens is still read"
+    )
     epochs: int = Field(2, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0, description="peak learning rate (after warm-up)")
+    regime: Literal["retrain", "continue"] = Field(
+        "retrain", description="retrain: each round fine-tunes the base model on all verified pairs (the paper);"
+        " continue: each round fine-tunes the version in use on all verified pairs"
+    )
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="AdamW, or Adafactor as T5 was trained")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of a round's steps with a linear warm-up; then"
+                          " linear decay to 0")
+    weight_decay: float = Field(0.01, ge=0, description="on weight matrices and embeddings; never on norms or biases")
     seed: int = 0
     runtime: Literal[RUNTIMES] = Field(
         "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"
     )
-    max_source_tokens: int = Field(128, ge=1)
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="share of verified pairs held out as the dev split")
-    min_dev_pairs: int = Field(8, ge=1, description="below this many dev pairs there is no dev split and no gate")
+    max_source_tokens: int = Field(
+        128, ge=1, description="source length in tokens for training, dev loss and generation alike (a warning"
+        " counts the sources cut)"
+    )
+    dev_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of verified pairs never trained on, chosen by a hash of the source from"
+        " the first round: half picks the best epoch (early stopping), half is the promotion gate's test"
+    )
+    min_dev_pairs: int = Field(
+        8, ge=1, description="early stopping and the gate each start once their half of the dev split has this many"
+    )
     patience: int = Field(1, ge=1, description="early stopping: epochs without a better dev loss")
     keep_last: int = Field(3, ge=1, description="trained checkpoints kept on disk (the promoted one always is)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        # max_new_tokens set only generation's length; max_target_tokens sets training's and dev loss's too
+        if isinstance(data, dict) and "max_new_tokens" in data:
+            data = dict(data)
+            value = data.pop("max_new_tokens")
+            data.setdefault("max_target_tokens", value)
+        return data
 
 
 class AttributeSettings(_Section):
@@ -93,8 +126,13 @@ class AttributeSettings(_Section):
 
 
 class ScorerSettings(AttributeSettings):
-    # several attributes at once (weighted mean); when set, kind/model/label above are ignored
+    # several attributes at once (weighted); when set, kind/model/label above are ignored
     attributes: list[AttributeSettings] = Field(default_factory=list)
+    normalise: Literal["rank", "zscore", "none"] = Field(
+        "rank", description="several attributes: put each on a common scale over the candidates before weighting"
+        " (rank: share of candidates scored lower; zscore), so that the attribute with the widest spread does not"
+        " decide alone; none: the weighted mean of raw probabilities"
+    )
 
 
 class SelectSettings(_Section):

@@ -3,12 +3,14 @@
 Functions take and return plain lists so they can be mapped over batches (e.g. Ray Data
 `map_batches`). A model is loaded once per process per resolved path and reused; `fine_tune` trains a
 deep copy, so the cached model of its base is never mutated. Callers pass texts exactly as the model
-should see them (any FLAN-T5 style instruction prefix is the caller's business).
+should see them: the task's instruction is applied by loop.rounds (`learner_input`), the same way
+for generation, training and dev loss.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import random
@@ -27,12 +29,16 @@ from loop.errors import LearnerError
 from loop.runtime import generate_batches
 from loop.vocab import RUNTIMES
 
-__all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache"]
+__all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache", "encode_pairs", "param_groups",
+           "lr_factor"]
+
+log = logging.getLogger(__name__)
 
 _CACHE: dict[str, tuple[Any, PreTrainedModel, PreTrainedTokenizerBase]] = {}
 _LOCK = threading.RLock()
-_EVAL_SOURCE_TOKENS = 128  # truncation used by evaluate_loss (same defaults as fine_tune)
-_EVAL_TARGET_TOKENS = 64
+SOURCE_TOKENS = 128  # default source length for training, dev loss and generation (learner.max_source_tokens)
+TARGET_TOKENS = 128  # default target length for the same three (learner.max_target_tokens); counter-narratives
+# run to 200 teacher tokens, so 64 cut many of them
 
 
 def _device() -> torch.device:
@@ -83,19 +89,13 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled)
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase, net: PreTrainedModel) -> int:
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    return int(net.config.pad_token_id or 0)
-
-
 def generate(
     model: str,
     texts: list[str],
     *,
     batch_size: int = 32,
-    max_new_tokens: int = 48,
-    max_source_tokens: int = 128,
+    max_new_tokens: int = TARGET_TOKENS,
+    max_source_tokens: int = SOURCE_TOKENS,
     progress: bool = False,
     runtime: str = "hf",
     cache_dir: str | Path | None = None,
@@ -113,12 +113,10 @@ def generate(
         raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     net, tokenizer = load(model)
     unique = sorted(set(texts))  # deduplicate; batch composition then depends only on the set of texts
-    lengths = {
-        t: len(ids)
-        for t, ids in zip(
-            unique, tokenizer(unique, truncation=True, max_length=max_source_tokens).input_ids, strict=True
-        )
-    }
+    lengths = {t: len(ids) for t, ids in zip(unique, tokenizer(unique).input_ids, strict=True)}
+    _warn_cut("generate", "sources", sum(n > max_source_tokens for n in lengths.values()), len(unique),
+              "max_source_tokens", max_source_tokens)
+    lengths = {t: min(n, max_source_tokens) for t, n in lengths.items()}
     unique.sort(key=lambda t: (lengths[t], t))
     batches = [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
     if runtime != "hf":
@@ -148,27 +146,42 @@ def generate(
     return [out[t] for t in texts]
 
 
-def _encode_pairs(
+def _warn_cut(what: str, kind: str, cut: int, total: int, setting: str, limit: int) -> None:
+    if cut:
+        log.warning("%s: %d of %d %s are longer than %s=%d tokens and are cut", what, cut, total, kind, setting, limit)
+
+
+def encode_pairs(
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[tuple[str, str]],
     max_source_tokens: int,
     max_target_tokens: int,
-    pad_id: int,
-    device: torch.device,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(model inputs, labels) for (source, target) pairs: sources cut to `max_source_tokens`; a target
+    longer than `max_target_tokens` is cut *without* its end token, so the model never learns to stop
+    mid-sentence (an uncut target keeps it). Labels are -100 on padding."""
     enc = tokenizer(
         [s for s, _ in pairs], truncation=True, max_length=max_source_tokens, padding=True, return_tensors="pt"
     )
-    labels = tokenizer(
-        text_target=[t for _, t in pairs],
-        truncation=True,
-        max_length=max_target_tokens,
-        padding=True,
-        return_tensors="pt",
-    ).input_ids
-    labels[labels == pad_id] = -100
+    targets = [ids[:max_target_tokens] for ids in tokenizer(text_target=[t for _, t in pairs]).input_ids]
+    width = max(len(ids) for ids in targets)
+    labels = torch.full((len(targets), width), -100, dtype=torch.long)
+    for i, ids in enumerate(targets):
+        labels[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     batch = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
     return batch, labels.to(device)
+
+
+def _count_cut(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], what: str,
+               max_source_tokens: int, max_target_tokens: int) -> None:
+    """Warn, with counts, when sources or targets are longer than the configured lengths."""
+    sources = tokenizer([s for s, _ in pairs]).input_ids
+    targets = tokenizer(text_target=[t for _, t in pairs]).input_ids
+    _warn_cut(what, "sources", sum(len(x) > max_source_tokens for x in sources), len(pairs),
+              "max_source_tokens", max_source_tokens)
+    _warn_cut(what, "targets", sum(len(x) > max_target_tokens for x in targets), len(pairs),
+              "max_target_tokens", max_target_tokens)
 
 
 def _check_pairs(pairs: list[tuple[str, str]], what: str) -> list[tuple[str, str]]:
@@ -176,6 +189,40 @@ def _check_pairs(pairs: list[tuple[str, str]], what: str) -> list[tuple[str, str
     if not pairs:
         raise ValueError(f"{what} needs at least one (source, target) pair; got an empty list")
     return pairs
+
+
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: weight decay on weight matrices and embeddings only; none on
+    normalisation scales and biases, which decay would pull towards 0 (T5's RMSNorm scale included)."""
+    decay, no_decay = [], []
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based) of `total`: linear warm-up over the
+    first `warmup` share of steps, then linear decay to 0 at the end (T5 fine-tuning's usual shape)."""
+    ramp = max(1, round(warmup * total)) if warmup > 0 else 0
+    if step < ramp:
+        return (step + 1) / ramp
+    return max(0.0, (total - step) / max(1, total - ramp))
+
+
+def _optimizer(net: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups(net, weight_decay), lr=lr)
+    if name == "adafactor":  # the optimizer T5 was trained with; a fixed lr under our schedule
+        from transformers.optimization import Adafactor
+
+        return Adafactor(param_groups(net, weight_decay), lr=lr, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 def fine_tune(
@@ -187,8 +234,11 @@ def fine_tune(
     lr: float = 5e-4,
     batch_size: int = 16,
     seed: int = 0,
-    max_source_tokens: int = 128,
-    max_target_tokens: int = 64,
+    optimizer: str = "adamw",
+    warmup: float = 0.1,
+    weight_decay: float = 0.01,
+    max_source_tokens: int = SOURCE_TOKENS,
+    max_target_tokens: int = TARGET_TOKENS,
     progress: bool = False,
     dev_pairs: list[tuple[str, str]] | None = None,
     patience: int | None = None,
@@ -199,7 +249,11 @@ def fine_tune(
 
     With `dev_pairs`, the dev loss is measured after every epoch, the best epoch's weights are the ones
     saved (metrics "dev_loss", "best_epoch"), and training stops after `patience` epochs without
-    improvement (early stopping; None trains all `epochs`)."""
+    improvement (early stopping; None trains all `epochs`). The dev loss uses the same lengths as
+    training; a warning counts the sources and targets that are cut.
+
+    Schedule: `optimizer` ("adamw" or "adafactor") with linear warm-up over the first `warmup` share of
+    the planned steps and linear decay to 0 (`lr_factor`); `weight_decay` spares norms and biases."""
     pairs = _check_pairs(pairs, "fine_tune")
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
@@ -209,7 +263,7 @@ def fine_tune(
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     cached, tokenizer = load(base)
-    pad_id = _pad_id(tokenizer, cached)
+    _count_cut(tokenizer, pairs, "fine_tune", max_source_tokens, max_target_tokens)
     rng = random.Random(seed)
     epoch_losses: list[float] = []
     dev_losses: list[float] = []
@@ -219,8 +273,9 @@ def fine_tune(
         net = copy.deepcopy(cached)
         net.train()
         device = next(net.parameters()).device
-        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        opt = _optimizer(net, optimizer, lr, weight_decay)
         n_batches = math.ceil(len(pairs) / batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, epochs * n_batches, warmup))
         bar = _bar(epochs * n_batches, "fine-tune", progress)
         for epoch in range(1, epochs + 1):
             order = list(range(len(pairs)))
@@ -228,12 +283,13 @@ def fine_tune(
             total, count = 0.0, 0
             for i in range(0, len(order), batch_size):
                 chunk = [pairs[j] for j in order[i : i + batch_size]]
-                batch, labels = _encode_pairs(tokenizer, chunk, max_source_tokens, max_target_tokens, pad_id, device)
+                batch, labels = encode_pairs(tokenizer, chunk, max_source_tokens, max_target_tokens, device)
                 loss = net(**batch, labels=labels).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
                 opt.step()
+                sched.step()
                 total += loss.item() * len(chunk)
                 count += len(chunk)
                 bar.update(1)
@@ -241,7 +297,7 @@ def fine_tune(
             epoch_losses.append(total / count)
             if dev is not None:
                 net.eval()
-                dev_losses.append(_loss_of(net, tokenizer, dev, 32))
+                dev_losses.append(_loss_of(net, tokenizer, dev, 32, max_source_tokens, max_target_tokens))
                 net.train()
                 if best is None or dev_losses[-1] < best[0]:
                     best = (dev_losses[-1], epoch, {k: v.detach().clone() for k, v in net.state_dict().items()})
@@ -254,13 +310,14 @@ def fine_tune(
         net.load_state_dict(best[2])
         extra = {"dev_loss": best[0], "best_epoch": best[1], "dev_losses": dev_losses, "dev_pairs": len(dev or [])}
     _save_atomically(net, tokenizer, out_dir)
-    del net, opt
+    del net, opt, sched
     return {
         "train_loss": epoch_losses[-1],
         "pairs": len(pairs),
         "epochs": len(epoch_losses),
         "seconds": round(time.perf_counter() - t0, 3),
         "epoch_losses": epoch_losses,
+        "optimizer": optimizer,
         "out_dir": str(out_dir),
         **extra,
     }
@@ -288,23 +345,29 @@ def _save_atomically(net: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, o
         raise
 
 
-def evaluate_loss(model: str, pairs: list[tuple[str, str]], *, batch_size: int = 32) -> float:
-    """Mean token cross-entropy of targets given sources (for a dev split)."""
+def evaluate_loss(
+    model: str,
+    pairs: list[tuple[str, str]],
+    *,
+    batch_size: int = 32,
+    max_source_tokens: int = SOURCE_TOKENS,
+    max_target_tokens: int = TARGET_TOKENS,
+) -> float:
+    """Mean token cross-entropy of targets given sources (for a dev split), at the lengths training used."""
     pairs = _check_pairs(pairs, "evaluate_loss")
     net, tokenizer = load(model)
-    return _loss_of(net, tokenizer, pairs, batch_size)
+    return _loss_of(net, tokenizer, pairs, batch_size, max_source_tokens, max_target_tokens)
 
 
 def _loss_of(net: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]],
-             batch_size: int) -> float:
+             batch_size: int, max_source_tokens: int, max_target_tokens: int) -> float:
     """Mean token cross-entropy of a loaded model (eval mode expected) on pairs."""
-    pad_id = _pad_id(tokenizer, net)
     device = next(net.parameters()).device
     total, tokens = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i : i + batch_size]
-            batch, labels = _encode_pairs(tokenizer, chunk, _EVAL_SOURCE_TOKENS, _EVAL_TARGET_TOKENS, pad_id, device)
+            batch, labels = encode_pairs(tokenizer, chunk, max_source_tokens, max_target_tokens, device)
             logits = net(**batch, labels=labels).logits
             total += torch.nn.functional.cross_entropy(
                 logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"

@@ -10,6 +10,8 @@ after it is completely written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ from loop import teacher
 from loop.config import Settings
 from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
-from loop.scorer import build_scorer, score_texts
+from loop.scorer import build_one, build_scorer, combine, score_texts
+from loop.scorer import signature as scorer_signature
 from loop.select import STRATEGIES
 from loop.vocab import BASE_VERSION, RANDOM_STRATEGIES, version_name, version_number
 
@@ -172,6 +175,40 @@ def recluster(ctx: Context, *, reason: str = "asked for", dry_run: bool = False)
     if not dry_run:
         version = ledger.put_clusters(clustering_identity(s), ids, labels, centroids=centroids, reason=reason)
     return {"version": version, "items": len(ids), "moved": moved, "k": int(len(set(labels.tolist())))}
+def learner_instruction(settings: Settings) -> str:
+    """The instruction the learner sees around each input (the task template's `instruction:`), or ""
+    when `learner.instruction` is off; generation, training and dev loss all go through it."""
+    if not settings.learner.instruction:
+        return ""
+    return teacher.load_template(settings.task, settings.teacher.template).instruction
+
+
+def learner_input(instruction: str, text: str) -> str:
+    """A pool text as the learner sees it: the instruction with the text in place of `{text}`, or the bare
+    text when there is none (replace, not format: a text may hold braces)."""
+    return instruction.replace("{text}", text) if instruction else text
+
+
+def score_key(settings: Settings, version: str) -> tuple[str, str]:
+    """(output key, R's signature): where a learner version's interim outputs and their scores are
+    stored. ct2-int8 outputs can differ from float32 ones and a new instruction changes every output,
+    so both are part of the key. Whoever reads scores (selection, a top-up) must use this pair."""
+    key = f"{version}@int8" if settings.learner.runtime == "ct2-int8" else version
+    instruction = learner_instruction(settings)
+    if instruction:
+        key += "|" + hashlib.sha1(instruction.encode("utf-8")).hexdigest()[:8]
+    return key, scorer_signature(settings.scorer)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of a several-attribute R over the candidates: its raw scores and its weighted,
+    normalised contribution to each candidate's informativeness (aligned with the candidate ids)."""
+
+    signature: str
+    weight: float
+    raw: np.ndarray
+    contribution: np.ndarray
 
 
 def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tuple[str, float]]:
@@ -180,10 +217,32 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
     Stored rows are keyed by (item, learner version, R's signature): a new version regenerates, a new R
     (kind, model, label, weights, probe file) re-scores the stored outputs without regenerating them.
     Pool texts never change under an id (ingest deduplicates and never updates). ct2-int8 outputs can
-    differ from float32 ones, so they are stored under `<version>@int8`."""
+    differ from float32 ones, and the learner's instruction changes every output: see `score_key`.
+    With several attributes each is scored and stored on its own, then normalised over `ids` and
+    weighted (scorer.normalise), so the informativeness depends on the candidates scored together."""
+    return _score_candidates(ctx, ids, model)[0]
+
+
+def _score_candidates(ctx: Context, ids: list[int], model: dict) -> tuple[dict, list[Attribute]]:
     s, ledger = ctx.settings, ctx.ledger
-    signature, scorer = build_scorer(s.scorer)
-    key = f"{model['version']}@int8" if s.learner.runtime == "ct2-int8" else model["version"]
+    key, signature = score_key(s, model["version"])
+    if not s.scorer.attributes or s.scorer.normalise == "none":
+        return _score_stored(ctx, ids, model, key, *build_scorer(s.scorer)), []
+    attributes = []
+    for a in s.scorer.attributes:
+        one, scorer = build_one(a.kind, a.model, a.label)
+        got = _score_stored(ctx, ids, model, key, one, scorer)
+        attributes.append((one, a.weight, np.array([got[i][1] for i in ids])))
+    total, parts = combine([raw for _, _, raw in attributes], [w for _, w, _ in attributes], s.scorer.normalise)
+    interims = [got[i][0] for i in ids]
+    ledger.put_scores(key, signature, ids, interims, total.tolist())  # as of this selection, for its top-ups
+    return ({i: (y, float(t)) for i, y, t in zip(ids, interims, total, strict=True)},
+            [Attribute(sig, w, raw, part) for (sig, w, raw), part in zip(attributes, parts, strict=True)])
+
+
+def _score_stored(ctx: Context, ids: list[int], model: dict, key: str, signature: str, scorer) -> dict:
+    """(interim, score) per id under one R signature, generating and scoring only what is not stored."""
+    s, ledger = ctx.settings, ctx.ledger
     todo = ledger.ids_without_score(key, signature, ids)
     if todo:
         from loop import learner  # torch loads only where a learner runs (not in the web backend)
@@ -193,9 +252,10 @@ def score_candidates(ctx: Context, ids: list[int], model: dict) -> dict[int, tup
         need = [it for it in items if it["id"] not in known]
         if need:
             log.info("learner %s writes interim outputs for %d items (%s)", key, len(need), s.learner.runtime)
+            instruction = learner_instruction(s)
             outputs = learner.generate(
-                model["path"], [it["text"] for it in need], batch_size=s.learner.batch_size,
-                max_new_tokens=s.learner.max_new_tokens, max_source_tokens=s.learner.max_source_tokens,
+                model["path"], [learner_input(instruction, it["text"]) for it in need], batch_size=s.learner.batch_size,
+                max_new_tokens=s.learner.max_target_tokens, max_source_tokens=s.learner.max_source_tokens,
                 progress=ctx.progress, runtime=s.learner.runtime, cache_dir=Path(s.models_dir) / ".ct2",
             )
             known.update(zip((it["id"] for it in need), outputs, strict=True))
@@ -215,7 +275,7 @@ def select_round(ctx: Context) -> int | None:
     if not candidates:
         return None
     model = current_learner(ctx)
-    scored = score_candidates(ctx, candidates, model)
+    scored, attributes = _score_candidates(ctx, candidates, model)
     scores = np.array([scored[i][1] for i in candidates])
     labels = np.array([clusters[i] for i in candidates])
     round_no = len(ledger.rounds()) + 1
@@ -231,6 +291,12 @@ def select_round(ctx: Context) -> int | None:
         strategy=s.select.strategy, budget=s.select.budget, learner_version=model["version"], items=items,
         clustering=clustering["version"] if clustering else None,
     )
+    if attributes and len(picked):  # what each attribute of R contributed to this batch (labelloop status)
+        total = float(scores[picked].mean())
+        ledger.set_meta(f"round:{round_id}:r_attributes", json.dumps([
+            {"attribute": a.signature, "weight": a.weight, "mean_score": float(a.raw[picked].mean()),
+             "mean_contribution": float(a.contribution[picked].mean()),
+             "share": float(a.contribution[picked].mean()) / total if total else None} for a in attributes]))
     log.info("round %d: selected %d items (%s, budget %d)", round_id, len(items), s.select.strategy, s.select.budget)
     return round_id
 
@@ -262,7 +328,7 @@ def distill_round(ctx: Context, round_id: int, *, max_top_ups: int = 3) -> dict:
         if not any(n > 0 for n in need.values()):
             break
         clusters = ledger.clusters()
-        scored = ledger.scores(rnd["learner_version"], s.scorer.kind)
+        scored = ledger.scores(*score_key(s, rnd["learner_version"]))
         unsent = [i for i in ledger.unsent_pool_ids() if i in scored and i in clusters]
         rng = np.random.default_rng([s.select.seed, round_id, step])
         new = []
@@ -430,7 +496,8 @@ def _full_sync_due(ctx: Context) -> bool:
 
 
 def train_round(ctx: Context, round_id: int) -> str:
-    """Fine-tune the current learner on all verified pairs; register the new version."""
+    """Fine-tune on the verified pairs outside the dev split, from the base model (`learner.regime`
+    "retrain", the paper's) or from the version in use ("continue"); gate and register the new version."""
     s, ledger = ctx.settings, ctx.ledger
     trained = [v["version"] for v in ledger.model_versions() if v["round_id"] == round_id]
     if trained:  # a crash after registering the checkpoint, before the round was marked done
@@ -442,20 +509,37 @@ def train_round(ctx: Context, round_id: int) -> str:
         return parent["version"]
     from loop import learner, versions
 
+    split = versions.split_dev(pairs, s.learner.dev_fraction)  # by the bare source: stable if the instruction changes
+    instruction = learner_instruction(s)
+    split = versions.DevSplit(*([(learner_input(instruction, x), y) for x, y in part]
+                                for part in (split.train, split.select, split.gate)))
+    if not split.train:
+        log.info("round %d: all %d verified pairs are held out for dev; the learner stays %s", round_id,
+                 len(pairs), parent["version"])
+        return parent["version"]
     version = _next_version(ledger)
     out = Path(s.models_dir) / version
-    train, dev = versions.split_dev(pairs, s.learner.dev_fraction, s.learner.min_dev_pairs)
     parent_path = s.learner.base_model if parent["version"] == BASE_VERSION else parent["path"]
+    lengths = {"max_source_tokens": s.learner.max_source_tokens, "max_target_tokens": s.learner.max_target_tokens}
+    early_stop = len(split.select) >= s.learner.min_dev_pairs  # a handful of pairs would pick epochs by noise
+    start = s.learner.base_model if s.learner.regime == "retrain" else parent_path
     metrics = learner.fine_tune(
-        parent_path, train, out, epochs=s.learner.epochs, lr=s.learner.lr, batch_size=min(16, s.learner.batch_size),
-        seed=s.learner.seed + round_id, progress=ctx.progress, dev_pairs=dev or None,
-        patience=s.learner.patience if dev else None,
+        start, split.train, out, epochs=s.learner.epochs, lr=s.learner.lr, optimizer=s.learner.optimizer,
+        warmup=s.learner.warmup, weight_decay=s.learner.weight_decay,
+        batch_size=min(16, s.learner.batch_size), seed=s.learner.seed + round_id, progress=ctx.progress,
+        dev_pairs=split.select if early_stop else None, patience=s.learner.patience if early_stop else None,
+        **lengths,
     )
-    if dev:  # the gate: a version worse on the dev split than the one in use is kept, not promoted
-        metrics["parent_dev_loss"] = learner.evaluate_loss(parent_path, dev)
-        promote, note = versions.gate(metrics["dev_loss"], metrics["parent_dev_loss"], parent["version"], len(dev))
+    metrics["held_out"], metrics["regime"] = split.held_out, s.learner.regime
+    if len(split.gate) >= s.learner.min_dev_pairs:  # the gate, on pairs neither model trained or selected on
+        metrics["gate_pairs"] = len(split.gate)
+        metrics["gate_loss"] = learner.evaluate_loss(str(out), split.gate, **lengths)
+        metrics["parent_gate_loss"] = learner.evaluate_loss(parent_path, split.gate, **lengths)
+        promote, note = versions.gate(metrics["gate_loss"], metrics["parent_gate_loss"], parent["version"],
+                                      len(split.gate))
     else:
-        promote, note = True, f"promoted without a gate (dev split needs {s.learner.min_dev_pairs} pairs)"
+        promote, note = True, (f"promoted without a gate ({len(split.gate)} gate pairs so far; it needs "
+                               f"{s.learner.min_dev_pairs})")
     with versions.models_lock(s.models_dir):  # against a rollback or a prune in another process
         promote = ledger.add_model_version(
             version, path=str(out), parent=parent["version"], round_id=round_id, pairs=len(pairs), metrics=metrics,
@@ -466,7 +550,7 @@ def train_round(ctx: Context, round_id: int) -> str:
         from loop import runtime
 
         runtime.convert(str(out), s.learner.runtime, Path(s.models_dir) / ".ct2")
-    log.info("round %d: learner %s trained on %d pairs (loss %.3f): %s%s", round_id, version, len(train),
+    log.info("round %d: learner %s trained on %d pairs (loss %.3f): %s%s", round_id, version, len(split.train),
              metrics.get("train_loss", float("nan")), note, f"; pruned {', '.join(pruned)}" if pruned else "")
     return version
 

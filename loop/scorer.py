@@ -8,8 +8,9 @@ informativeness(x) = R(G(x), H). A scorer is any callable from a list of texts t
   counts as the attribute (the paper's "lightweight transformer with a linear layer");
 - `embedding-probe`: a logistic-regression head on sentence embeddings, trained by `train_probe` from
   labelled texts and saved as JSON with the project; `load_probe` turns it back into a scorer;
-- several attributes at once: `weighted([(scorer, weight), ...])`, the weighted mean of their scores
-  (the paper's open question 2).
+- several attributes at once (the paper's open question 2): `combine` normalises each attribute over
+  the candidates (rank or z-score) before weighting, so weights mean what they say; `weighted([(scorer,
+  weight), ...])` is the plain weighted mean of raw probabilities (`scorer.normalise = "none"`).
 
 `build_scorer(settings)` returns (signature, scorer): the signature names the kind, model, label,
 weights and the probe file's content hash, so stored scores are reused exactly while R is unchanged.
@@ -78,9 +79,12 @@ def _label_index(config: Any, label: str | int, model: str) -> int:
 
 
 def hf_classifier(model: str, label: str | int, *, batch_size: int = 32, max_length: int = 128) -> Scorer:
-    """A scorer: probability of `label` under a sequence-classification model (softmax; sigmoid if 1 logit)."""
+    """A scorer: probability of `label` under a sequence-classification model. A softmax over labels for
+    a single-label head; a sigmoid of the label's own logit for a multi-label head (config.problem_type
+    "multi_label_classification", as toxicity heads with several attributes are) or a single logit."""
     net, tokenizer = _load_classifier(str(model))
     index = 0 if net.config.num_labels == 1 else _label_index(net.config, label, str(model))
+    independent = net.config.num_labels == 1 or net.config.problem_type == "multi_label_classification"
 
     def score(texts: list[str]) -> list[float]:
         import torch
@@ -91,7 +95,7 @@ def hf_classifier(model: str, label: str | int, *, batch_size: int = 32, max_len
                 enc = tokenizer(list(texts[i : i + batch_size]), truncation=True, max_length=max_length,
                                 padding=True, return_tensors="pt")
                 logits = net(**enc).logits.float()
-                probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(-1)[:, index]
+                probs = torch.sigmoid(logits[:, index]) if independent else logits.softmax(-1)[:, index]
                 out.extend(float(p) for p in probs)
         return out
 
@@ -213,26 +217,91 @@ def weighted(parts: Sequence[tuple[Scorer, float]]) -> Scorer:
     return score
 
 
+NORMALISE = ("rank", "zscore", "none")
+
+
+def normalise(values: Sequence[float], method: str) -> np.ndarray:
+    """One attribute's scores on a common scale over the candidates: `rank` (the share of candidates
+    scored lower, ties averaged, in [0, 1]), `zscore` (mean 0, standard deviation 1; all equal: 0) or
+    `none` (the raw probabilities)."""
+    x = np.asarray(values, dtype=float)
+    if method == "none" or len(x) == 0:
+        return x
+    if method == "rank":
+        from scipy.stats import rankdata
+
+        return (rankdata(x, method="average") - 1) / max(len(x) - 1, 1)
+    if method == "zscore":
+        sd = x.std()
+        return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+    raise ValueError(f"unknown normalisation {method!r}; known: {', '.join(NORMALISE)}")
+
+
+def combine(columns: Sequence[Sequence[float]], weights: Sequence[float], method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(informativeness, contributions): each attribute's scores normalised over the same candidates,
+    then weighted (weights sum to 1). Uncalibrated probabilities from different models have different
+    spreads; without normalising, the widest one decides the ranking whatever the weights say.
+    `contributions[a]` is attribute a's weighted term per candidate; they sum to the informativeness."""
+    w = np.asarray(weights, dtype=float)
+    if len(w) != len(columns) or not len(w) or (w <= 0).any():
+        raise ValueError("combine needs one weight > 0 per attribute")
+    parts = np.stack([wi / w.sum() * normalise(col, method) for wi, col in zip(w, columns, strict=True)])
+    return parts.sum(axis=0), parts
+
+
+def contribution_rows(ledger: Any) -> list[dict]:
+    """Per round and attribute of a several-attribute R: its weight, the mean raw score and the mean
+    weighted contribution over the round's selected items, and its share of their informativeness (what
+    `labelloop status` shows; written by loop.rounds.select_round)."""
+    rows = []
+    for r in ledger.rounds():
+        stored = ledger.find_meta(f"round:{r['id']}:r_attributes")
+        rows += [{"round": r["id"], **row} for row in json.loads(stored)] if stored else []
+    return rows
+
+
 # --- from settings ---------------------------------------------------------------------------------
 def _file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def build_one(kind: str, model: str | None = None, label: str | int | None = None) -> tuple[str, Scorer]:
-    """(signature, scorer) for one attribute; errors name the missing field."""
+def signature_one(kind: str, model: str | None = None, label: str | int | None = None) -> str:
+    """The signature of one attribute (kind, model, label, probe content), without loading any model;
+    errors name the missing field."""
     if kind == "profanity":
-        return "profanity", profanity
+        return "profanity"
     if kind == "hf-classifier":
         if not model or label is None:
             raise ValueError("scorer kind 'hf-classifier' needs `model` (a HF name or path) and `label`")
-        return f"hf-classifier:{model}#{label}", hf_classifier(model, label)
+        return f"hf-classifier:{model}#{label}"
     if kind == "embedding-probe":
         if not model:
             raise ValueError("scorer kind 'embedding-probe' needs `model`: the probe file from train_probe")
         if not Path(model).is_file():
             raise FileNotFoundError(f"embedding probe {model} not found; train one with loop.scorer.train_probe")
-        return f"embedding-probe:{Path(model).name}@{_file_digest(model)}", load_probe(str(Path(model).resolve()))
+        return f"embedding-probe:{Path(model).name}@{_file_digest(model)}"
     raise ValueError(f"unknown scorer kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def build_one(kind: str, model: str | None = None, label: str | int | None = None) -> tuple[str, Scorer]:
+    """(signature, scorer) for one attribute; errors name the missing field."""
+    signature = signature_one(kind, model, label)
+    if kind == "profanity":
+        return signature, profanity
+    if kind == "hf-classifier":
+        return signature, hf_classifier(model, label)
+    return signature, load_probe(str(Path(model).resolve()))
+
+
+def signature(settings: Any) -> str:
+    """R's signature for ScorerSettings, the key its stored scores live under; loads no model, so a
+    reader of stored scores (a top-up, status) finds exactly the rows the scorer wrote."""
+    attributes = list(getattr(settings, "attributes", None) or [])
+    if not attributes:
+        return signature_one(settings.kind, getattr(settings, "model", None), getattr(settings, "label", None))
+    method = getattr(settings, "normalise", "none")
+    name = "weighted" if method == "none" else f"weighted[{method}]"  # scores over candidates, not raw means
+    return name + "(" + ",".join(f"{signature_one(a.kind, a.model, a.label)}*{a.weight:g}" for a in attributes) + ")"
 
 
 def build_scorer(settings: Any) -> tuple[str, Scorer]:
@@ -241,8 +310,7 @@ def build_scorer(settings: Any) -> tuple[str, Scorer]:
     if not attributes:
         return build_one(settings.kind, getattr(settings, "model", None), getattr(settings, "label", None))
     built = [(build_one(a.kind, a.model, a.label), a.weight) for a in attributes]
-    signature = "weighted(" + ",".join(f"{sig}*{w:g}" for (sig, _), w in built) + ")"
-    return signature, weighted([(scorer, w) for (_, scorer), w in built])
+    return signature(settings), weighted([(scorer, w) for (_, scorer), w in built])
 
 
 def score_texts(scorer: Scorer, texts: list[str], *, batch_size: int = 256, progress: bool = False) -> list[float]:

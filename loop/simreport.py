@@ -126,6 +126,7 @@ def plot_groups(records: list[dict], path: Path) -> Path:
         mean = np.array([v.mean() for v in vals])
         err = np.array([[m - v.min() for m, v in zip(mean, vals, strict=True)],
                         [v.max() - m for m, v in zip(mean, vals, strict=True)]])
+        err = np.clip(err, 0, None)  # the mean of equal rates can round past them (-1e-17): matplotlib refuses it
         ax.bar(x + (i - (len(strategies) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=strategy)
     if starter:
         ax.scatter(x, [starter.get(g, np.nan) for g in groups], marker="_", s=400, color="black", zorder=3,

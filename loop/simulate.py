@@ -31,6 +31,9 @@ from loop.vocab import STRATEGIES as STRATEGY_NAMES
 log = logging.getLogger(__name__)
 
 JUDGES = ("probe", "profanity")
+START = {"retrain": "a fresh copy of the starter", "continue": "the previous round's learner"}
+REGIMES = tuple(START)
+OPTIMIZERS = ("adamw", "adafactor")
 R_NAME = "profanity"  # the auxiliary model R that selects (alt-profanity-check)
 
 
@@ -63,6 +66,10 @@ class SimConfig:
     chrf_threshold: float = 30.0
     epochs: int = 4
     lr: float = 3e-4
+    regime: str = "retrain"  # "retrain": from the starter each round (the paper); "continue": from the last round's
+    optimizer: str = "adamw"
+    warmup: float = 0.1
+    weight_decay: float = 0.01
     batch_size: int = 16
     max_new_tokens: int = 48
     test_data: str | None = None  # a dataset's own test split (same columns); else held out from `data`
@@ -83,6 +90,12 @@ class SimConfig:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not 0 <= self.reject_rate < 1:
             raise SimulateError(f"--reject-rate must be in [0, 1) (got {self.reject_rate})")
+        if self.regime not in REGIMES:
+            raise SimulateError(f"--regime {self.regime!r}: use {' or '.join(REGIMES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SimulateError(f"--optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        if not 0 <= self.warmup < 1:
+            raise SimulateError(f"--warmup must be in [0, 1) (got {self.warmup})")
         if self.judge not in JUDGES and not Path(self.judge).is_file():
             raise SimulateError(f"--judge {self.judge!r}: use {' or '.join(JUDGES)}, or the path of a probe file")
         if self.judge == "probe":
@@ -298,7 +311,9 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         "judge": judge_info,
         "baselines": baselines,
         "examples": examples,
-        "training": "each round fine-tunes a fresh copy of the starter on all accepted pairs so far",
+        "training": (f"each round fine-tunes {START[cfg.regime]} on all accepted pairs so far ({cfg.optimizer}, lr"
+                     f" {cfg.lr:g}, warm-up {cfg.warmup:g} then linear decay, weight decay {cfg.weight_decay:g}"
+                     " except norms and biases)"),
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
         "records": records,
@@ -343,9 +358,11 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         accepted.extend(ok)
         fit = {}
         if accepted:
-            fit = learner.fine_tune(cfg.learner, [(pool_text[i], pool_ref[i]) for i in accepted], ckpt,
+            start = cfg.learner if cfg.regime == "retrain" else model
+            fit = learner.fine_tune(start, [(pool_text[i], pool_ref[i]) for i in accepted], ckpt,
                                     epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                    seed=seed * 1000 + rnd)
+                                    seed=seed * 1000 + rnd, max_target_tokens=cfg.max_new_tokens,
+                                    optimizer=cfg.optimizer, warmup=cfg.warmup, weight_decay=cfg.weight_decay)
             model = str(ckpt)
         row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
                "accepted": len(ok), "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),

@@ -187,6 +187,8 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
     clusters = cluster_rows(ledger)
     rounds = round_rows(ledger, clusters)
     current = rounds[-1] if rounds else None
+    from loop.scorer import contribution_rows
+
     return {
         "generated_at": now.isoformat(timespec="seconds"),
         "pool": {"items": ledger.pool_count(), "never_sent": len(ledger.unsent_pool_ids())},
@@ -200,4 +202,5 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
         "annotation": annotators(ledger),
         "teacher": teacher(ledger, rounds),
         "learners": learners(ledger),
+        "r_attributes": contribution_rows(ledger),  # a several-attribute R: each attribute's share per round
     }

@@ -52,7 +52,9 @@ REFUSAL = re.compile(
 # --- templates ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Template:
-    """A prompt template: header (name, version, system), `---`, the prompt body, then few-shot examples."""
+    """A prompt template: header (name, version, system, instruction), `---`, the prompt body, then
+    few-shot examples. `instruction` is the learner's task prompt, with `{text}` where the input goes:
+    versioned with the template, so the teacher's prompt and the learner's stay one task."""
 
     name: str
     version: str
@@ -60,6 +62,7 @@ class Template:
     body: str
     source: str = ""
     examples: tuple[tuple[dict[str, str], str], ...] = ()
+    instruction: str = ""  # applied by rounds.learner_input
 
     @property
     def fields(self) -> list[str]:
@@ -99,7 +102,8 @@ def _parse_pairs(lines: list[str], where: str, first_line: int) -> dict[str, str
 def load_template(task: str, path: str | Path | None = None) -> Template:
     """The template for `task`, from `path` if given, else the bundled one.
 
-    Layout: `name:`, `version:` and optional `system:` lines, a `---` line, the prompt body with
+    Layout: `name:`, `version:` and optional `system:` and `instruction:` (the learner's task prompt,
+    holding `{text}`) lines, a `---` line, the prompt body with
     `{field}` placeholders, then optional few-shot examples, each opened by a `--- example` line and
     holding one `field: value` line per body field plus `output: the answer`.
     """
@@ -117,6 +121,9 @@ def load_template(task: str, path: str | Path | None = None) -> Template:
     for required in ("name", "version"):
         if required not in header:
             raise TemplateError(f"{path}: header field {required!r} is missing")
+    instruction = header.get("instruction", "")
+    if instruction and "{text}" not in instruction:
+        raise TemplateError(f"{path}: header field 'instruction' needs {{text}} where the learner's input goes")
     starts = [i for i in range(sep + 1, len(lines)) if lines[i].strip() == "--- example"]
     body = "\n".join(lines[sep + 1 : starts[0] if starts else len(lines)]).strip()
     template = Template(header["name"], header["version"], header.get("system", ""), body, str(path))
@@ -133,7 +140,7 @@ def load_template(task: str, path: str | Path | None = None) -> Template:
         if missing:
             raise TemplateError(f"{path}:{start + 1}: example {n + 1}: field(s) {', '.join(missing)} missing")
         examples.append((pairs, answer))
-    return Template(template.name, template.version, template.system, body, str(path), tuple(examples))
+    return Template(template.name, template.version, template.system, body, str(path), tuple(examples), instruction)
 
 
 # --- output checks -----------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The learner's versions: the dev split, the promotion gate, rollback and pruning of old checkpoints.
 
-Every trained checkpoint gets a version number and its metrics in the ledger. The gate promotes a new
-version only when its dev loss is no worse than the version in use on the same dev split; a worse one
-is kept (status 'held', with a note saying why) and can still be promoted by hand with `rollback`.
+Every trained checkpoint gets a version number and its metrics in the ledger. Verified pairs are split
+by a hash of their source into train, select (early stopping) and gate pairs from the first round on.
+The gate promotes a new version only when its loss on the gate pairs is no worse than the version in
+use; a worse one is kept (status 'held', with a note saying why) and can still be promoted by hand
+with `rollback`.
 Only the last `keep_last` trained checkpoints stay on disk, plus the one in use.
 """
 
@@ -15,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from loop.errors import VersionError
@@ -22,26 +25,43 @@ from loop.ledger import Ledger
 from loop.vocab import version_number
 
 
-def split_dev(
-    pairs: list[tuple[str, str]], fraction: float, min_dev: int
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, dev): a pair is dev when the hash of its source falls under `fraction`, so a pair stays on
-    its side as the verified set grows. Fewer than `min_dev` dev pairs: no dev split (all train)."""
-    def bucket(source: str) -> float:
-        return int(hashlib.sha1(source.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+@dataclass(frozen=True)
+class DevSplit:
+    """The verified pairs in three hash-stable parts: `train` (the learner fits on these), `select`
+    (early stopping picks the best epoch on these) and `gate` (the promotion gate compares child and
+    parent on these, which neither model trained or selected on)."""
 
-    dev = [p for p in pairs if bucket(p[0]) < fraction]
-    if len(dev) < min_dev or len(dev) == len(pairs):
-        return list(pairs), []
-    dev_sources = {s for s, _ in dev}
-    return [p for p in pairs if p[0] not in dev_sources], dev
+    train: list[tuple[str, str]]
+    select: list[tuple[str, str]]
+    gate: list[tuple[str, str]]
+
+    @property
+    def held_out(self) -> int:
+        return len(self.select) + len(self.gate)
 
 
-def gate(new_dev_loss: float, current_dev_loss: float, current: str, dev_pairs: int) -> tuple[bool, str]:
-    """(promote?, note): promote when the new dev loss is no worse than the current version's."""
-    verdict = "promoted" if new_dev_loss <= current_dev_loss else "held: worse on dev than"
-    return new_dev_loss <= current_dev_loss, (
-        f"{verdict} {current} (dev loss {new_dev_loss:.4f} vs {current_dev_loss:.4f} on {dev_pairs} pairs)"
+def dev_bucket(source: str) -> float:
+    """Where a source falls in [0, 1): a hash, so a pair's side never changes as the verified set grows."""
+    return int(hashlib.sha1(source.encode("utf-8")).hexdigest()[:8], 16) / 0x100000000
+
+
+def split_dev(pairs: list[tuple[str, str]], fraction: float) -> DevSplit:
+    """Split verified pairs by the hash of their source: below `fraction / 2` is `select`, below
+    `fraction` is `gate`, the rest is `train`. Membership is decided from the first round and never
+    depends on how many pairs exist, so no model ever trains on a pair that later judges it."""
+    train, select, gate = [], [], []
+    for pair in pairs:
+        b = dev_bucket(pair[0])
+        (select if b < fraction / 2 else gate if b < fraction else train).append(pair)
+    return DevSplit(train, select, gate)
+
+
+def gate(new_loss: float, current_loss: float, current: str, pairs: int) -> tuple[bool, str]:
+    """(promote?, note): promote when the new version's loss on the gate pairs is no worse than the
+    current version's; the note carries both losses."""
+    verdict = "promoted" if new_loss <= current_loss else "held: worse on the gate pairs than"
+    return new_loss <= current_loss, (
+        f"{verdict} {current} (gate loss {new_loss:.4f} vs {current_loss:.4f} on {pairs} held-out pairs)"
     )
 
 

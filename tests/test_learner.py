@@ -177,3 +177,70 @@ def test_a_hub_model_that_cannot_be_downloaded_is_a_permanent_error_naming_the_f
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.stdout.startswith("True learner model 'google/flan-t5-base' cannot be loaded: "), run.stderr[-800:]
     assert "hub cannot be reached; set learner.base_model to a local checkpoint" in run.stdout
+
+
+# --- lengths: one source and one target length for training, dev loss and generation ----------------------
+LONG_TARGET = " ".join(["you are right , i was wrong ."] * 6)
+
+
+def test_a_cut_target_loses_its_end_token_and_an_uncut_one_keeps_it(tiny_model):
+    _, tok = learner.load(str(tiny_model))
+    batch, labels = learner.encode_pairs(tok, [("you idiot", "you are wrong ."), ("you idiot", LONG_TARGET)], 128, 8)
+    short, cut = labels[0][labels[0] != -100].tolist(), labels[1].tolist()
+    assert short[-1] == tok.eos_token_id  # the model learns to stop where the target ends ...
+    assert len(cut) == 8 and tok.eos_token_id not in cut  # ... and not where the length limit cut it
+    assert cut == tok(text_target=LONG_TARGET).input_ids[:8]
+
+
+def test_fine_tune_and_evaluate_loss_use_the_configured_lengths_and_warn_with_counts(tiny_model, pairs, tmp_path,
+                                                                                      caplog):
+    _, tok = learner.load(str(tiny_model))
+    data = pairs[:6] + [(pairs[6][0], LONG_TARGET), (pairs[7][0], LONG_TARGET)]
+    limit = max(len(tok(text_target=t).input_ids) for _, t in pairs[:6])  # only the two long targets are cut
+    with caplog.at_level("WARNING", logger="loop.learner"):
+        learner.fine_tune(str(tiny_model), data, tmp_path / "ft", epochs=1, batch_size=4, max_target_tokens=limit)
+    assert f"fine_tune: 2 of 8 targets are longer than max_target_tokens={limit} tokens and are cut" in caplog.text
+    long_only = data[6:]
+    assert learner.evaluate_loss(str(tiny_model), long_only, max_target_tokens=12) != pytest.approx(
+        learner.evaluate_loss(str(tiny_model), long_only, max_target_tokens=128))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loop.learner"):
+        learner.generate(str(tiny_model), [s for s, _ in data], max_source_tokens=3, max_new_tokens=4)
+    assert "generate: 8 of 8 sources are longer than max_source_tokens=3 tokens and are cut" in caplog.text
+
+
+def test_the_target_length_setting_reads_its_old_name():
+    from loop.config import load_settings
+
+    assert load_settings().learner.max_target_tokens == 128
+    assert load_settings(learner__max_new_tokens=16).learner.max_target_tokens == 16
+
+
+# --- the training schedule: warm-up and decay, no weight decay on norms or biases ---------------------------
+def test_weight_decay_spares_norms_and_biases(tiny_model):
+    net, _ = learner.load(str(tiny_model))
+    decay, no_decay = learner.param_groups(net, 0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): n for n, p in net.named_parameters()}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    norms = {n for n, _ in net.named_parameters() if "layer_norm" in n}
+    assert norms and norms <= spared
+    assert not any("norm" in names[id(p)] or names[id(p)].endswith(".bias") for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero():
+    factors = [learner.lr_factor(step, 10, 0.2) for step in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0]  # two warm-up steps, then the peak
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False)) and factors[-1] == pytest.approx(1 / 8)
+    assert learner.lr_factor(10, 10, 0.2) == 0.0
+    assert learner.lr_factor(0, 10, 0.0) == 1.0  # no warm-up: decay from the first step
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_fine_tune_with_each_optimizer_lowers_the_loss(tiny_model, pairs, tmp_path, optimizer):
+    before = learner.evaluate_loss(str(tiny_model), pairs)
+    metrics = learner.fine_tune(str(tiny_model), pairs, tmp_path / optimizer, epochs=3, lr=2e-3, batch_size=8,
+                                optimizer=optimizer)
+    assert metrics["optimizer"] == optimizer
+    assert learner.evaluate_loss(str(tmp_path / optimizer), pairs) < before - 0.05

@@ -18,8 +18,7 @@ OFFENSIVE = ["you are a fucking idiot", "shut up you stupid moron", "this is bul
 NEUTRAL = ["thank you for the help", "the meeting is at noon", "i like this song a lot"]
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory) -> Path:
+def _tiny_bert(out: Path, labels: list[str], **config) -> Path:
     """A tiny random BERT sequence classifier with a word-level tokenizer, saved locally (no download)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
@@ -30,13 +29,62 @@ def tiny_classifier(tmp_path_factory) -> Path:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=2,
-                        id2label={0: "neutral", 1: "offensive"}, label2id={"neutral": 0, "offensive": 1})
+                        intermediate_size=32, max_position_embeddings=64, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}, **config)
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("clf") / "tiny-bert"
     BertForSequenceClassification(config).save_pretrained(out)
     fast.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("clf") / "tiny-bert", ["neutral", "offensive"])
+
+
+def test_a_multi_label_head_scores_each_label_by_its_own_sigmoid(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = _tiny_bert(tmp_path / "multi", ["toxic", "insult", "threat"], problem_type="multi_label_classification")
+    texts = OFFENSIVE + NEUTRAL
+    net = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    enc = AutoTokenizer.from_pretrained(path)(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = net(**enc).logits
+    for i, label in enumerate(["toxic", "insult", "threat"]):
+        got = np.array(scorer.hf_classifier(str(path), label)(texts))
+        assert np.allclose(got, torch.sigmoid(logits[:, i]).numpy(), atol=1e-5), label
+    # labels are not exclusive: a text can be toxic and an insult at once; a softmax would force them to sum to 1
+    assert not np.allclose(sum(np.array(scorer.hf_classifier(str(path), n)(texts)) for n in ("toxic", "insult",
+                                                                                             "threat")), 1.0)
+
+
+@pytest.mark.parametrize("method", ["rank", "zscore", "none"])
+def test_normalise_puts_an_attribute_on_a_common_scale(method):
+    values = [0.01, 0.02, 0.9, 0.02]
+    got = scorer.normalise(values, method)
+    if method == "rank":  # the share of candidates scored lower, ties averaged
+        assert got.tolist() == pytest.approx([0.0, 0.5, 1.0, 0.5])
+    elif method == "zscore":
+        assert got.mean() == pytest.approx(0) and got.std() == pytest.approx(1)
+    else:
+        assert got.tolist() == values
+    assert scorer.normalise([0.3, 0.3], "zscore").tolist() == [0.0, 0.0]
+
+
+def test_weights_decide_even_when_one_attribute_has_a_much_wider_spread():
+    # attribute A spreads over [0, 0.9], attribute B over [0.48, 0.52] and ranks the candidates the other way;
+    # B weighs 3x A. The raw mean follows A's spread; normalised over the candidates, B's weight wins.
+    a = [0.0, 0.3, 0.6, 0.9]
+    b = [0.52, 0.51, 0.49, 0.48]
+    raw, _ = scorer.combine([a, b], [1.0, 3.0], "none")
+    assert int(np.argmax(raw)) == 3  # A decides alone, whatever the weights say
+    for method in ("rank", "zscore"):
+        total, parts = scorer.combine([a, b], [1.0, 3.0], method)
+        assert int(np.argmax(total)) == 0, method
+        assert np.allclose(parts.sum(axis=0), total)
+    with pytest.raises(ValueError, match="one weight > 0 per attribute"):
+        scorer.combine([a], [1.0, 2.0], "rank")
 
 
 def test_profanity_ranks_offensive_above_neutral():
@@ -133,6 +181,9 @@ def test_weighted_attributes_are_the_weighted_mean(probe):
     assert np.allclose(combined(texts), (a + 3 * b) / 4)
     settings = load_settings(scorer__attributes=[{"kind": "profanity", "weight": 1},
                                                  {"kind": "embedding-probe", "model": str(probe), "weight": 3}])
+    sig, built = scorer.build_scorer(settings.scorer)
+    assert sig.startswith("weighted[rank](profanity*1,embedding-probe:toxic.json@") and sig.endswith("*3)")
+    settings.scorer.normalise = "none"
     sig, built = scorer.build_scorer(settings.scorer)
     assert sig.startswith("weighted(profanity*1,embedding-probe:toxic.json@") and sig.endswith("*3)")
     assert np.allclose(built(texts), (a + 3 * b) / 4)

@@ -188,3 +188,8 @@ def test_the_bundled_judge_data_is_found_from_any_directory(tiny: dict, tmp_path
     bad = SimConfig(data=str(tiny["data"]), judge_data="nowhere.tsv")
     with pytest.raises(SimulateError, match="--judge-data nowhere.tsv: file not found"):
         bad.check()
+def test_the_subgroup_plot_takes_seeds_with_equal_rates(tmp_path: Path):
+    # the mean of three rates of 0.1 is 0.1 + 1e-17: its whisker must not come out negative
+    records = [{"strategy": "stratified", "seed": seed, "round": 1, "groups": {"cluster 0": {"rate": 0.1}}}
+               for seed in range(3)]
+    assert simreport.plot_groups(records, tmp_path / "groups.png").is_file()

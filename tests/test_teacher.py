@@ -293,7 +293,19 @@ def test_output_checks(text, reason):
 
 
 # --- distill_round: failed items are reported, never imported, and topped up from the same cluster ------
-def test_distill_round_tops_up_failed_items_from_the_same_cluster(tmp_path, ledger):
+# Scores are stored under (learner version, R's signature), `<version>@int8` for ct2-int8: top-ups must
+# read them there for every R, not only the default one.
+SCORE_KEYS = [
+    ({}, ("v0", "profanity")),
+    ({"learner__runtime": "ct2-int8"}, ("v0@int8", "profanity")),
+    ({"scorer__attributes": [{"kind": "profanity", "weight": 2.0}]}, ("v0", "weighted[rank](profanity*2)")),
+    ({"scorer__kind": "hf-classifier", "scorer__model": "my/toxic-model", "scorer__label": "toxic"},
+     ("v0", "hf-classifier:my/toxic-model#toxic")),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), SCORE_KEYS, ids=["profanity", "ct2-int8", "weighted", "hf-classifier"])
+def test_distill_round_tops_up_failed_items_from_the_same_cluster(tmp_path, ledger, overrides, key):
     from loop import rounds
     from loop.config import load_settings
 
@@ -304,11 +316,13 @@ def test_distill_round_tops_up_failed_items_from_the_same_cluster(tmp_path, ledg
     ledger.add_pool([{"text": f"text {i}", "norm": f"text {i}", "reference": ref} for i, (_, ref, _) in spec.items()])
     ids = sorted(spec)
     ledger.put_clusters("test", ids, [spec[i][0] for i in ids])
-    ledger.put_scores("v0", "profanity", ids, [f"interim {i}" for i in ids], [spec[i][2] for i in ids])
+    ledger.put_scores(*key, ids, [f"interim {i}" for i in ids], [spec[i][2] for i in ids])
     rid = ledger.create_round(strategy="stratified", budget=4, learner_version="v0", items=[
         {"pool_id": i, "cluster": spec[i][0], "score": spec[i][2], "interim": f"interim {i}"} for i in (1, 2, 3, 4)])
-    settings = load_settings(data_dir=str(tmp_path), teacher__kind="reference")
+    settings = load_settings(data_dir=str(tmp_path), teacher__kind="reference", learner__instruction=False,
+                             **overrides)
     ctx = rounds.Context(settings, ledger)
+    assert rounds.score_key(settings, "v0") == key
 
     result = rounds.distill_round(ctx, rid)
 
@@ -363,3 +377,19 @@ def test_a_replayed_human_reference_is_never_judged_a_refusal(ledger):
     batch = [{"pool_id": 1, "text": "they are all lazy", "reference": "I'm sorry, but I can't agree: most work hard."}]
     result = teacher.distill(ledger, teacher.ReferenceTeacher(), teacher.load_template("counter_narration"), batch)
     assert result[1].error is None and result[1].text.startswith("I'm sorry, but I can't agree")
+
+
+# --- the learner's instruction: in the task's template, versioned with it ----------------------------------
+@pytest.mark.parametrize("task", ["style_transfer", "counter_narration"])
+def test_each_bundled_template_gives_the_learner_its_own_instruction(task):
+    template = teacher.load_template(task)
+    assert "{text}" in template.instruction and int(template.version) >= 3
+    other = teacher.load_template("counter_narration" if task == "style_transfer" else "style_transfer")
+    assert template.instruction != other.instruction  # the learner can tell the two tasks apart
+
+
+def test_an_instruction_without_a_place_for_the_text_is_refused(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("name: mine\nversion: 1\ninstruction: Be polite.\n---\nFix: {text}\n")
+    with pytest.raises(teacher.TemplateError, match=r"mine.txt: header field 'instruction' needs \{text\}"):
+        teacher.load_template("style_transfer", path)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loop import learner, rounds, versions
+from loop import learner, rounds, scorer, versions
 from loop.cli import main
 from loop.config import load_settings
 from loop.ingest import ingest
@@ -30,6 +31,7 @@ def _pool_file(path: Path, start: int, stop: int) -> Path:
 
 
 def _ctx(tmp_path: Path, starter_model: Path, n: int = 12, **overrides) -> Context:
+    overrides.setdefault("learner__instruction", False)  # the starter was trained on bare texts
     settings = load_settings(data_dir=str(tmp_path / "proj"), learner__base_model=str(starter_model),
                              learner__max_new_tokens=16, **overrides)
     ledger = Ledger(settings.ledger_path)
@@ -74,14 +76,15 @@ def test_scoring_recomputes_only_what_changed(tmp_path, starter_model, spies):
 
     # a different R re-scores the stored outputs of the same version without regenerating them
     ctx.settings = load_settings(data_dir=ctx.settings.data_dir, learner__base_model=str(starter_model),
-                                 learner__max_new_tokens=16,
+                                 learner__max_new_tokens=16, learner__instruction=False, scorer__normalise="none",
                                  scorer__attributes=[{"kind": "profanity", "weight": 2.0}])
     again = rounds.score_candidates(ctx, ids, v0)
     assert spies == {"generated": 16, "scored": 32}
     assert again.keys() == before.keys()
     assert all(again[i][0] == before[i][0] for i in ids)  # the same stored outputs ...
     assert all(again[i][1] == pytest.approx(before[i][1]) for i in ids)  # ... and profanity*2/2 == profanity
-    assert len(ctx.ledger.scores("v0", "weighted(profanity*2)")) == 16  # stored under R's new signature
+    key = rounds.score_key(ctx.settings, "v0")
+    assert key[1] == "weighted(profanity*2)" and len(ctx.ledger.scores(*key)) == 16  # under R's new signature
 
     # a new learner version regenerates everything for that version
     ctx.ledger.add_model_version("v1", path=str(starter_model), parent="v0", round_id=1, pairs=0, metrics={})
@@ -123,7 +126,7 @@ def _verify_all(ledger: Ledger) -> None:
     ])
 
 
-GATED = {"learner__dev_fraction": 0.3, "learner__min_dev_pairs": 3, "learner__epochs": 2}
+GATED = {"learner__dev_fraction": 0.4, "learner__min_dev_pairs": 3, "learner__epochs": 2}
 
 
 def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_model):
@@ -131,8 +134,8 @@ def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_m
     _verify_all(ctx.ledger)
     assert rounds.train_round(ctx, 1) == "v1"
     v1 = ctx.ledger.find_model_version("v1")
-    assert v1["status"] == "held" and v1["note"].startswith("held: worse on dev than v0")
-    assert v1["metrics"]["dev_loss"] > v1["metrics"]["parent_dev_loss"]
+    assert v1["status"] == "held" and v1["note"].startswith("held: worse on the gate pairs than v0")
+    assert v1["metrics"]["gate_loss"] > v1["metrics"]["parent_gate_loss"]
     assert ctx.ledger.find_current_model()["version"] == "v0"  # the version in use did not change
 
     result = CliRunner().invoke(main, ["models"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
@@ -150,19 +153,51 @@ def test_gate_holds_a_worse_version_and_rollback_promotes_it(tmp_path, starter_m
 
 
 def test_gate_promotes_a_better_version_with_early_stopping_metrics(tmp_path, starter_model):
-    ctx = _ctx(tmp_path, starter_model, n=30, learner__lr=3e-4, **{**GATED, "learner__epochs": 4})
+    ctx = _ctx(tmp_path, starter_model, n=50, learner__lr=3e-4, **{**GATED, "learner__epochs": 4})
     _verify_all(ctx.ledger)
     assert rounds.train_round(ctx, 1) == "v1"
     v1 = ctx.ledger.find_current_model()
     assert v1["version"] == "v1" and v1["status"] == "promoted" and v1["note"].startswith("promoted v0")
     metrics = ctx.ledger.find_model_version("v1")["metrics"]
-    train, dev = versions.split_dev(ctx.ledger.verified_pairs(), 0.3, 3)
-    assert metrics["dev_pairs"] == len(dev) >= 3 and metrics["pairs"] == len(train)
-    assert metrics["dev_loss"] <= metrics["parent_dev_loss"]
-    # dev loss is best after epoch 1 and worse after epoch 2: patience 1 stops there; epoch 1 is saved
-    assert metrics["best_epoch"] == 1 and metrics["epochs"] == 2 == len(metrics["dev_losses"])
-    assert metrics["dev_loss"] == min(metrics["dev_losses"])
-    assert learner.evaluate_loss(v1["path"], dev) == pytest.approx(metrics["dev_loss"], rel=1e-5)
+    split = versions.split_dev(ctx.ledger.verified_pairs(), GATED["learner__dev_fraction"])
+    assert metrics["dev_pairs"] == len(split.select) >= 3 and metrics["pairs"] == len(split.train)
+    assert metrics["gate_pairs"] == len(split.gate) >= 3
+    assert metrics["gate_loss"] <= metrics["parent_gate_loss"]
+    # the best epoch on the selection pairs is saved; patience 1 stops one epoch after it (or at 4 epochs)
+    losses = metrics["dev_losses"]
+    assert metrics["epochs"] == len(losses) and metrics["best_epoch"] == losses.index(min(losses)) + 1
+    assert metrics["epochs"] in (metrics["best_epoch"] + 1, 4)
+    assert metrics["dev_loss"] == min(losses)
+    lengths = {"max_target_tokens": ctx.settings.learner.max_target_tokens}  # the lengths training used
+    assert learner.evaluate_loss(v1["path"], split.select, **lengths) == pytest.approx(metrics["dev_loss"], rel=1e-5)
+    # the gate's losses are on pairs neither model trained or selected on
+    assert learner.evaluate_loss(v1["path"], split.gate, **lengths) == pytest.approx(metrics["gate_loss"], rel=1e-5)
+    assert f"{metrics['gate_loss']:.4f} vs {metrics['parent_gate_loss']:.4f}" in v1["note"]
+
+
+def test_the_dev_split_is_fixed_from_the_first_pair_and_its_parts_never_meet():
+    pairs = [(f"source {i}", f"target {i}") for i in range(400)]
+    split = versions.split_dev(pairs, 0.2)
+    assert {*split.train, *split.select, *split.gate} == set(pairs)
+    assert not ({*split.train} & {*split.select} or {*split.train} & {*split.gate} or {*split.select} & {*split.gate})
+    assert 40 <= len(split.select + split.gate) <= 120 and split.select and split.gate
+    for n in (1, 5, 30, 200):  # a pair's side does not depend on how many pairs exist
+        few = versions.split_dev(pairs[:n], 0.2)
+        assert few.train == [p for p in split.train if p in pairs[:n]]
+        assert few.gate == [p for p in split.gate if p in pairs[:n]]
+
+
+def test_dev_pairs_are_never_trained_on_even_before_the_gate_starts(tmp_path, starter_model):
+    # 12 pairs at dev_fraction 0.5: a few are dev pairs, fewer than min_dev_pairs (8), so no gate yet;
+    # they are still held out, so that a later gate never judges a parent that trained on them
+    ctx = _ctx(tmp_path, starter_model, n=12, learner__epochs=1, learner__dev_fraction=0.5)
+    _verify_all(ctx.ledger)
+    split = versions.split_dev(ctx.ledger.verified_pairs(), 0.5)
+    assert 0 < split.held_out < 12
+    rounds.train_round(ctx, 1)
+    v1 = ctx.ledger.find_current_model()
+    assert v1["metrics"]["pairs"] == len(split.train) == 12 - split.held_out
+    assert "without a gate" in v1["note"] and v1["pairs"] == 12
 
 
 def test_small_verified_sets_are_promoted_without_a_gate(tmp_path, starter_model):
@@ -186,20 +221,17 @@ def test_keep_last_prunes_old_checkpoints_but_never_the_one_in_use(tmp_path, sta
     assert versions.prune(ctx.ledger, ctx.settings.models_dir, 1) == []
 
 
-@pytest.mark.parametrize(
-    ("pairs", "fraction", "min_dev", "dev_size"),
-    [(40, 0.0, 1, 0), (40, 0.5, 1, None), (5, 0.1, 8, 0), (3, 0.99, 1, 0)],
-)
-def test_split_dev_is_stable_and_disjoint(pairs, fraction, min_dev, dev_size):
+@pytest.mark.parametrize(("pairs", "fraction", "held_out"), [(40, 0.0, 0), (40, 0.5, None), (3, 0.99, 3)])
+def test_split_dev_is_stable_and_disjoint(pairs, fraction, held_out):
     data = [(f"source {i}", f"target {i}") for i in range(pairs)]
-    train, dev = versions.split_dev(data, fraction, min_dev)
-    assert sorted(train + dev) == sorted(data) and not set(train) & set(dev)
-    if dev_size is not None:
-        assert len(dev) == dev_size
+    split = versions.split_dev(data, fraction)
+    assert sorted(split.train + split.select + split.gate) == sorted(data)
+    if held_out is not None:
+        assert split.held_out == held_out
     else:
-        assert 0 < len(dev) < pairs
-        more_train, more_dev = versions.split_dev(data + [("source x", "y")], fraction, min_dev)
-        assert set(dev) <= set(more_dev)  # a dev pair stays dev as the verified set grows
+        assert 0 < len(split.select) and 0 < len(split.gate) and split.held_out < pairs
+        more = versions.split_dev(data + [("source x", "y")], fraction)
+        assert set(split.gate) <= set(more.gate)  # a dev pair stays dev as the verified set grows
 
 
 # --- rollback against training and pruning in other processes ----------------------------------------------
@@ -257,3 +289,96 @@ def test_leftovers_of_a_killed_training_are_swept_and_checkpoints_kept(tmp_path)
     assert sorted(versions.sweep_temporaries(models)) == sorted(leftovers)
     assert not any(p.exists() for p in leftovers) and all((p / "model.safetensors").exists() for p in kept)
     assert versions.sweep_temporaries(models) == [] and versions.sweep_temporaries(tmp_path / "none") == []
+
+
+# --- the learner's instruction: the same input for generation, training and dev loss -----------------------
+def test_the_learner_sees_the_templates_instruction_in_generation_training_and_dev_loss(tmp_path, starter_model,
+                                                                                          monkeypatch):
+    template = tmp_path / "mine.txt"
+    template.write_text("name: mine\nversion: 1\ninstruction: Make polite: {text}\n---\nRewrite: {text}\n")
+    ctx = _ctx(tmp_path, starter_model, n=30, teacher__template=str(template),
+               learner__instruction=True, **GATED)
+    seen: dict[str, list[str]] = {"generate": [], "train": [], "select": [], "gate": []}
+    real_generate, real_tune, real_loss = learner.generate, learner.fine_tune, learner.evaluate_loss
+
+    def generate(model, texts, **kw):
+        seen["generate"] += texts
+        return real_generate(model, texts, **kw)
+
+    def fine_tune(base, pairs, out, **kw):
+        seen["train"] += [s for s, _ in pairs]
+        seen["select"] += [s for s, _ in kw.get("dev_pairs") or []]
+        return real_tune(base, pairs, out, **kw)
+
+    def evaluate_loss(model, pairs, **kw):
+        seen["gate"] += [s for s, _ in pairs]
+        return real_loss(model, pairs, **kw)
+
+    monkeypatch.setattr(learner, "generate", generate)
+    monkeypatch.setattr(learner, "fine_tune", fine_tune)
+    monkeypatch.setattr(learner, "evaluate_loss", evaluate_loss)
+    items = ctx.ledger.pool_items()
+    rounds.score_candidates(ctx, [it["id"] for it in items], rounds.current_learner(ctx))
+    _verify_all(ctx.ledger)
+    rounds.train_round(ctx, 1)
+    assert seen["generate"] == [f"Make polite: {it['text']}" for it in items]
+    for part in ("train", "select", "gate"):
+        assert seen[part] and all(s.startswith("Make polite: ") for s in seen[part]), part
+    # the split is by the bare source, so the same pairs are held out with or without an instruction
+    split = versions.split_dev(ctx.ledger.verified_pairs(), GATED["learner__dev_fraction"])
+    assert sorted(seen["train"]) == sorted(f"Make polite: {s}" for s, _ in split.train)
+    # outputs under another instruction are stored apart: changing it regenerates
+    assert rounds.score_key(ctx.settings, "v0")[0].startswith("v0|")
+
+
+# --- a several-attribute R: normalised over the candidates, each attribute's contribution in status ----------
+def test_a_weighted_r_is_normalised_over_the_candidates_and_status_shows_each_attributes_share(tmp_path,
+                                                                                               starter_model):
+    from loop import status
+    from tests.test_scorer import _tiny_bert
+
+    clf = _tiny_bert(tmp_path / "clf", ["toxic", "insult"], problem_type="multi_label_classification")
+    attributes = [{"kind": "profanity", "weight": 1.0},
+                  {"kind": "hf-classifier", "model": str(clf), "label": "insult", "weight": 3.0}]
+    ctx = _ctx(tmp_path, starter_model, n=16, scorer__attributes=attributes, select__budget=4, cluster__k=2)
+    round_id = rounds.select_round(ctx)
+    key, signature = rounds.score_key(ctx.settings, "v0")
+    assert signature.startswith("weighted[rank](profanity*1,hf-classifier:")
+    raw = [ctx.ledger.scores(key, "profanity"), ctx.ledger.scores(key, f"hf-classifier:{clf}#insult")]
+    assert all(len(r) == 16 for r in raw)  # each attribute stored on its own, reusable when weights change
+    ids = sorted(raw[0])
+    expected, _ = scorer.combine([[r[i][1] for i in ids] for r in raw], [1.0, 3.0], "rank")
+    combined = ctx.ledger.scores(key, signature)
+    assert [combined[i][1] for i in ids] == pytest.approx(expected.tolist())
+    batch = ctx.ledger.batch(round_id)
+    assert all(b["score"] == pytest.approx(combined[b["pool_id"]][1]) for b in batch)
+
+    rows = status.facts(ctx.ledger)["r_attributes"]
+    assert [(r["round"], r["attribute"], r["weight"]) for r in rows] == [
+        (round_id, "profanity", 1.0), (round_id, f"hf-classifier:{clf}#insult", 3.0)]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    picked = [b["pool_id"] for b in batch]
+    assert rows[0]["mean_score"] == pytest.approx(np.mean([raw[0][i][1] for i in picked]))
+    result = CliRunner().invoke(main, ["status"], env={"LABELLOOP_DATA_DIR": str(ctx.settings.data_dir)})
+    assert result.exit_code == 0 and "R's attributes" in result.output, result.output
+
+
+# --- the training regime: retrain from the base on all of L (the paper), or continue from the version in use --
+@pytest.mark.parametrize(("regime", "second_start"), [("retrain", "base"), ("continue", "v1")])
+def test_each_round_starts_from_the_base_or_from_the_version_in_use(tmp_path, starter_model, monkeypatch, regime,
+                                                                    second_start):
+    ctx = _ctx(tmp_path, starter_model, n=12, learner__epochs=1, learner__regime=regime)
+    starts = []
+    real = learner.fine_tune
+
+    def fine_tune(base, pairs, out, **kw):
+        starts.append(base)
+        return real(base, pairs, out, **kw)
+
+    monkeypatch.setattr(learner, "fine_tune", fine_tune)
+    _verify_all(ctx.ledger)
+    rounds.train_round(ctx, 1)
+    rounds.train_round(ctx, 2)
+    v1 = ctx.ledger.find_model_version("v1")
+    assert starts == [str(starter_model), str(starter_model) if second_start == "base" else v1["path"]]
+    assert ctx.ledger.find_model_version("v2")["metrics"]["regime"] == regime
