@@ -144,20 +144,22 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
         console.print("no round yet")
     else:
         line = (f"current round {current['round']}: {current['state']}, verified "
-                f"{current['verified']}/{current['imported']}, {current['remaining']} remaining")
+                f"{current['verified']}/{current['imported']}, {current['skipped']} skipped,"
+                f" {current['remaining']} remaining")
         if eta is not None:
             line += (f"; at {eta['per_hour']} per hour done by {eta['eta']}" if eta["eta"] else
                      "; no pace yet to estimate completion")
         console.print(line)
-    show("rounds", ["round", "state", "strategy", "learner", "teacher", "selected", "failed", "imported",
-                    "verified", "remaining", "accept", "edit", "reject", "error"],
-         [[r["round"], r["state"], r["strategy"], r["learner_version"], r["teacher"], r["selected"], r["failed"],
-           r["imported"], r["verified"], r["remaining"], pct(r["accept_rate"]), pct(r["edit_rate"]),
-           pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
-    show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "remaining", "accept",
-                                "edit", "reject"],
-         [[c["round"], c["cluster"], c["selected"], c["imported"], c["verified"], c["remaining"],
-           pct(c["accept_rate"]), pct(c["edit_rate"]), pct(c["reject_rate"])] for c in facts["clusters"]])
+    show("rounds", ["round", "state", "closed", "strategy", "learner", "teacher", "selected", "failed", "imported",
+                    "verified", "skipped", "returned", "remaining", "accept", "edit", "reject", "error"],
+         [[r["round"], r["state"], r["closed"], r["strategy"], r["learner_version"], r["teacher"], r["selected"],
+           r["failed"], r["imported"], r["verified"], r["skipped"], r["returned"], r["remaining"],
+           pct(r["accept_rate"]), pct(r["edit_rate"]), pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
+    show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "skipped", "remaining",
+                                "accept", "edit", "reject", "skip rate"],
+         [[c["round"], c["cluster"], c["selected"], c["imported"], c["verified"], c["skipped"], c["remaining"],
+           pct(c["accept_rate"]), pct(c["edit_rate"]), pct(c["reject_rate"]), pct(c["skip_rate"])]
+          for c in facts["clusters"]])
     threshold = facts["reject_threshold"]
     show(f"teacher rejection per cluster (flagged above {pct(threshold)})", ["cluster", "verified", "rejected",
                                                                              "rate", "flag"],
@@ -170,9 +172,10 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
          + [[f"subgroup {s['subgroup']}", s["pool"], s["selected"], s["labeled"], pct(s["coverage"])]
             for s in cov["subgroups"]])
     ann = facts["annotation"]
-    show("annotators (anonymised)", ["annotator", "annotations", "median lead time (s)", "per hour"],
-         [[a["annotator"], a["annotations"], a["median_lead_time_s"], a["per_hour"]] for a in ann["annotators"]]
-         + [["all", ann["overall"]["annotations"], ann["overall"]["median_lead_time_s"],
+    show("annotators (anonymised)", ["annotator", "annotations", "skips", "median lead time (s)", "per hour"],
+         [[a["annotator"], a["annotations"], a["skips"], a["median_lead_time_s"], a["per_hour"]]
+          for a in ann["annotators"]]
+         + [["all", ann["overall"]["annotations"], ann["overall"]["skips"], ann["overall"]["median_lead_time_s"],
              ann["overall"]["per_hour"]]])
     usage = facts["teacher"]
     show("teacher usage", ["round", "calls", "attempts", "failures", "cached", "prompt tokens",

@@ -35,6 +35,7 @@ FIELDS: dict[str, str] = {
     "edit_distance": "int64", "round": "int64", "cluster": "int64", "subgroup": "string",
     "teacher_model": "string", "template": "string", "learner_version": "string", "informativeness": "float64",
     "annotator": "string", "lead_time_s": "float64", "created_at": "string", "updated_at": "string",
+    "skips": "int64",
 }
 
 
@@ -58,7 +59,7 @@ def split_teacher(model_version: str | None) -> tuple[str | None, str | None]:
 def _record(*, pool_id: int | None, round_: int | None, source: str, target: str | None, draft: str | None,
             verdict: str, cluster: Any, subgroup: Any, teacher: str | None, learner_version: str | None,
             score: Any, annotator: str | None, lead_time: Any, created_at: Any, updated_at: Any,
-            task_id: int | None = None) -> dict:
+            task_id: int | None = None, skips: int | None = None) -> dict:
     model, template = split_teacher(teacher)
     target = None if verdict == "reject" else target
     return {
@@ -71,6 +72,7 @@ def _record(*, pool_id: int | None, round_: int | None, source: str, target: str
         "informativeness": float(score) if score is not None else None, "annotator": annotator,
         "lead_time_s": float(lead_time) if lead_time is not None else None,
         "created_at": created_at, "updated_at": updated_at,
+        "skips": skips,  # people who skipped the item's task: a skip is information too
     }
 
 
@@ -92,7 +94,7 @@ def from_ledger(ledger: Ledger, *, rounds: Iterable[int] | None = None,
                 draft=r["draft"] if r["draft"] is not None else r["shown_draft"], verdict=r["verdict"],
                 cluster=r["cluster"], subgroup=r["subgroup"], teacher=r["teacher"],
                 learner_version=r["learner_version"], score=r["score"], annotator=anonymise(r["annotator"], salt),
-                lead_time=r["lead_time"], created_at=r["created_at"], updated_at=r["updated_at"])
+                lead_time=r["lead_time"], created_at=r["created_at"], updated_at=r["updated_at"], skips=r["skips"])
         for r in ledger.export_rows(rounds, verdicts)
     ]
 

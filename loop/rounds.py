@@ -20,7 +20,7 @@ import numpy as np
 
 from loop import cluster as cluster_mod
 from loop import embed as embed_mod
-from loop import teacher
+from loop import teacher, team
 from loop.config import Settings
 from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
@@ -327,6 +327,45 @@ def _withdraw_confirmed(ledger: Ledger, studio: Studio, project_id: int, present
     return ledger.withdraw_annotations(gone)
 
 
+def _sync_skips(ctx: Context, task_ids: list[int] | None) -> int:
+    """Record the skips Label Studio holds (of `task_ids`, or all) and withdraw those it confirms are no
+    skip any more (deleted, or re-submitted as a verdict); returns the changes."""
+    ledger, studio, project_id = ctx.ledger, ctx.studio, ctx.project_id
+    skips = studio.skipped_annotations(project_id, task_ids)
+    rows = []
+    for k in skips:
+        parsed = parse_task_key(k.key)
+        if parsed is not None:
+            rows.append({"annotation_id": k.annotation_id, "task_id": k.task_id, "round_id": parsed[0],
+                         "pool_id": parsed[1], "annotator": k.annotator, "created_at": k.created_at,
+                         "updated_at": k.updated_at})
+    changed = ledger.record_skips(rows)
+    missing = ledger.absent_skips({k.annotation_id for k in skips}, task_ids, project_id=project_id)
+    if missing:
+        changed += ledger.withdraw_skips(studio.gone_skips(missing))
+    return changed
+
+
+def _quota(ctx: Context) -> int:
+    """How many people each task wants (Label Studio's overlap)."""
+    return 1
+
+
+def close_round(ctx: Context, round_id: int, reason: str) -> str:
+    """Move a verifying round to training, recording why (`complete` or `deadline`), and apply the skip
+    policy to the items every assigned annotator skipped; returns the line for people."""
+    ledger, s = ctx.ledger, ctx.settings
+    skipped = team.skipped_items(ledger.item_tallies(round_id))
+    with ledger.transaction():
+        if s.team.skip_policy == "return":
+            ledger.return_to_pool(round_id, skipped)
+        ledger.set_round_state(round_id, "training", expect="verifying", closed_reason=reason)
+    counts = team.tally(ledger.item_tallies(round_id), _quota(ctx))
+    policy = "returned to the pool" if s.team.skip_policy == "return" else "retired"
+    return (f"round {round_id}: closed ({reason}), {counts['verified']} verified, {counts['skipped']} skipped"
+            f" ({policy}), {counts['open']} still open")
+
+
 def sync_verifications(ctx: Context, *, full: bool = True) -> int:
     """Bring the ledger's verifications in line with Label Studio (idempotent); returns changes.
 
@@ -361,6 +400,7 @@ def sync_verifications(ctx: Context, *, full: bool = True) -> int:
         )
     changed = ledger.record_verifications(rows)
     changed += _withdraw_confirmed(ledger, ctx.studio, ctx.project_id, {a.annotation_id for a in annotations}, scope)
+    changed += _sync_skips(ctx, scope)
     ledger.mark_events_processed(up_to)
     if full:
         ledger.set_meta("last_full_sync", str(time.time()))
@@ -428,6 +468,7 @@ def advance(ctx: Context) -> Step:
             return Step("idle", "idle: pool exhausted")
         return Step("moved", f"round {round_id}: selected", round_id, "selected")
     round_id, state = current["id"], current["state"]
+    quota = _quota(ctx)
     if state == "selected":
         result = distill_round(ctx, round_id)
         ledger.set_round_state(round_id, "distilled", expect="selected")
@@ -441,14 +482,17 @@ def advance(ctx: Context) -> Step:
         if state == "imported":  # a round left here by a crash: every task gets its draft (imports nothing new)
             import_round(ctx, round_id)
         sync_verifications(ctx, full=state == "imported" or _full_sync_due(ctx))
-        progress = ledger.round_progress(round_id)
+        counts = team.tally(ledger.item_tallies(round_id), quota)
         if state == "imported":
             ledger.set_round_state(round_id, "verifying", expect="imported")
-        if progress["verified"] >= progress["imported"]:  # an empty import (all drafts failed) is done too
-            ledger.set_round_state(round_id, "training", expect="verifying")
-            return Step("moved", f"round {round_id}: all {progress['verified']} verified", round_id, "training")
-        return Step("waiting", f"waiting: round {round_id} verified {progress['verified']}/{progress['imported']}",
-                    round_id, "verifying")
+        if counts["open"] == 0:  # every task verified or skipped by all assigned (an empty import is done too)
+            if counts["skipped"] == 0:
+                ledger.set_round_state(round_id, "training", expect="verifying", closed_reason="complete")
+                return Step("moved", f"round {round_id}: all {counts['verified']} verified", round_id, "training")
+            return Step("moved", close_round(ctx, round_id, "complete"), round_id, "training")
+        skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+        return Step("waiting", f"waiting: round {round_id} verified {counts['verified']}/{counts['imported']}"
+                    f"{skipped}", round_id, "verifying")
     if state == "training":
         version = train_round(ctx, round_id)
         ledger.set_round_state(round_id, "done", expect="training")

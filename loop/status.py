@@ -13,6 +13,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from loop import team
 from loop.ledger import Ledger
 
 REJECT_THRESHOLD = 0.3  # a cluster whose teacher drafts are rejected more often than this is flagged
@@ -49,29 +50,38 @@ def _verdicts(row: dict) -> dict:
     }
 
 
-def cluster_rows(ledger: Ledger) -> list[dict]:
-    """Per round and cluster: selected, imported, verified, remaining, verdicts and their rates."""
+COUNTS = ("selected", "failed", "imported", "verified", "skipped", "returned", "remaining", "accept", "edit",
+          "reject")
+
+
+def cluster_rows(ledger: Ledger, quota: int = 1) -> list[dict]:
+    """Per round and cluster: selected, imported, verified, skipped (every assigned annotator skipped),
+    returned to the pool, remaining (still waited for), verdicts and their rates, skip rate."""
+    tallies: dict[tuple, list[dict]] = defaultdict(list)
+    for t in ledger.item_tallies():
+        tallies[(t["round_id"], t["cluster"])].append(t)
     out = []
     for r in ledger.cluster_progress():
         row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported", "verified", "accept", "edit", "reject")}
-        row = {"round": r["round_id"], "cluster": r["cluster"], **row,
-               "remaining": max(row["imported"] - row["verified"], 0)}
-        out.append(_verdicts(row))
+        counts = team.tally(tallies.get((r["round_id"], r["cluster"]), []), quota)
+        row = {"round": r["round_id"], "cluster": r["cluster"], **row, "skipped": counts["skipped"],
+               "returned": counts["returned"], "remaining": counts["open"]}
+        out.append({**_verdicts(row), "skip_rate": _rate(row["skipped"], row["imported"])})
     return out
 
 
 def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
-    """Per round: state, strategy, learner, teacher, and the sums of its clusters' counts."""
+    """Per round: state, why it closed, strategy, learner, teacher, and the sums of its clusters' counts."""
     out = []
     for r in ledger.rounds():
         mine = [c for c in clusters if c["round"] == r["id"]]
-        sums = {k: sum(c[k] for c in mine)
-                for k in ("selected", "failed", "imported", "verified", "remaining", "accept", "edit", "reject")}
-        out.append(_verdicts({
-            "round": r["id"], "state": r["state"], "strategy": r["strategy"], "budget": r["budget"],
-            "learner_version": r["learner_version"], "teacher": ledger.find_meta(f"round:{r['id']}:model_version"),
-            "error": r["error"], "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,
-        }))
+        sums = {k: sum(c[k] for c in mine) for k in COUNTS}
+        out.append({**_verdicts({
+            "round": r["id"], "state": r["state"], "closed": r.get("closed_reason"), "strategy": r["strategy"],
+            "budget": r["budget"], "learner_version": r["learner_version"],
+            "teacher": ledger.find_meta(f"round:{r['id']}:model_version"), "error": r["error"],
+            "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,
+        }), "skip_rate": _rate(sums["skipped"], sums["imported"])})
     return out
 
 
@@ -130,9 +140,13 @@ def annotators(ledger: Ledger) -> dict:
             "per_hour": round(len(items) / hours, 2) if hours > 0 else None,
         }
 
-    people = [{"annotator": who, **summary(items)} for who, items in by.items()]
-    people.sort(key=lambda p: (-p["annotations"], p["annotator"] or ""))
-    return {"annotators": people, "overall": summary(rows)}
+    skips: dict[str | None, int] = defaultdict(int)
+    for k in ledger.skips():
+        skips[anonymise(k["annotator"], salt)] += 1
+    people = [{"annotator": who, **summary(by.get(who, [])), "skips": skips.get(who, 0)}
+              for who in {*by, *skips}]
+    people.sort(key=lambda p: (-p["annotations"], -p["skips"], p["annotator"] or ""))
+    return {"annotators": people, "overall": {**summary(rows), "skips": sum(skips.values())}}
 
 
 def estimate(ledger: Ledger, round_row: dict | None, now: datetime) -> dict | None:

@@ -1,0 +1,103 @@
+"""An annotation team's traces beside the verdicts: skips (Label Studio's cancelled annotations), per item
+tallies of votes and skips, and the items a skip policy returned to the pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from loop.ledger.core import Store, now, placeholders
+
+
+class TeamTables(Store):
+    """Skips upserted by annotation id and withdrawn when Label Studio no longer holds them; tallies."""
+
+    def record_skips(self, rows: list[dict]) -> int:
+        """Upsert skips (annotation_id, task_id, round_id, pool_id, annotator, created_at, updated_at) by
+        annotation id; a withdrawn skip that shows up again is restored. Returns how many changed."""
+        changed = 0
+        stamp = now()
+        with self.transaction() as conn:
+            for r in rows:
+                old = conn.execute(
+                    "SELECT withdrawn_at FROM skips WHERE annotation_id = ?", [r["annotation_id"]]
+                ).fetchone()
+                if old is not None and old[0] is None:
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO skips(annotation_id, task_id, round_id, pool_id, annotator, created_at,"
+                    " updated_at, synced_at, withdrawn_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    [r["annotation_id"], r["task_id"], r["round_id"], r["pool_id"], r.get("annotator"),
+                     r.get("created_at"), r.get("updated_at"), stamp],
+                )
+                changed += 1
+        return changed
+
+    def absent_skips(self, present: set[int], task_ids: Iterable[int] | None = None, *,
+                     project_id: int | None = None) -> list[int]:
+        """Annotation ids of skips in force that `present` lacks (on `task_ids` if given, of rounds imported
+        into `project_id` if given): candidates for withdrawal once Label Studio confirms them."""
+        sql = "SELECT s.annotation_id FROM skips s LEFT JOIN rounds r ON r.id = s.round_id WHERE s.withdrawn_at IS NULL"
+        params: list[Any] = []
+        if project_id is not None:
+            sql += " AND (r.project_id IS NULL OR r.project_id = ?)"
+            params.append(int(project_id))
+        if task_ids is not None:
+            task_ids = list(task_ids)
+            if not task_ids:
+                return []
+            sql += f" AND s.task_id IN ({placeholders(len(task_ids))})"
+            params += task_ids
+        return [row[0] for row in self.conn.execute(sql + " ORDER BY s.annotation_id", params) if row[0] not in present]
+
+    def withdraw_skips(self, annotation_ids: Iterable[int]) -> int:
+        """Withdraw these skips (deleted, or re-submitted as a verdict); returns how many were in force."""
+        stamp = now()
+        withdrawn = 0
+        with self.transaction() as conn:
+            for annotation_id in sorted(set(annotation_ids)):
+                withdrawn += conn.execute(
+                    "UPDATE skips SET withdrawn_at = ? WHERE annotation_id = ? AND withdrawn_at IS NULL",
+                    [stamp, annotation_id],
+                ).rowcount
+        return withdrawn
+
+    def skips(self, round_id: int | None = None) -> list[dict]:
+        """Skips in force (withdrawn ones left out), optionally of one round, joined with the item's cluster."""
+        sql = ("SELECT s.*, b.cluster FROM skips s LEFT JOIN batch_items b ON b.round_id = s.round_id"
+               " AND b.pool_id = s.pool_id WHERE s.withdrawn_at IS NULL")
+        params: list[Any] = []
+        if round_id is not None:
+            sql += " AND s.round_id = ?"
+            params.append(round_id)
+        return self._rows(sql + " ORDER BY s.annotation_id", params)
+
+    def item_tallies(self, round_id: int | None = None) -> list[dict]:
+        """Per imported batch item (of one round, or all): round, pool id, cluster, task id, returned_at,
+        `votes` (annotators with a verification in force; one per person) and `skips` (likewise)."""
+        person = "count(DISTINCT coalesce({t}.annotator, '#' || {t}.annotation_id))"
+        sql = (
+            "SELECT b.round_id, b.pool_id, b.cluster, b.task_id, b.returned_at,"
+            f" (SELECT {person.format(t='v')} FROM verifications v WHERE v.round_id = b.round_id"
+            "   AND v.pool_id = b.pool_id AND v.withdrawn_at IS NULL) AS votes,"
+            f" (SELECT {person.format(t='s')} FROM skips s WHERE s.round_id = b.round_id"
+            "   AND s.pool_id = b.pool_id AND s.withdrawn_at IS NULL) AS skips"
+            " FROM batch_items b WHERE b.task_id IS NOT NULL"
+        )
+        params: list[Any] = []
+        if round_id is not None:
+            sql += " AND b.round_id = ?"
+            params.append(round_id)
+        return self._rows(sql + " ORDER BY b.round_id, b.cluster, b.pool_id", params)
+
+    def return_to_pool(self, round_id: int, pool_ids: Iterable[int]) -> int:
+        """Give these items of a round back to the pool (selectable again); returns how many were not yet."""
+        ids = sorted(set(pool_ids))
+        if not ids:
+            return 0
+        with self.transaction() as conn:
+            return conn.execute(
+                f"UPDATE batch_items SET returned_at = ? WHERE round_id = ? AND returned_at IS NULL"
+                f" AND pool_id IN ({placeholders(len(ids))})",
+                [now(), round_id, *ids],
+            ).rowcount

@@ -1,0 +1,162 @@
+"""A real annotation team: skips, deadlines, overlap and agreement.
+
+Round logic runs on the in-memory Label Studio (milliseconds); what Label Studio itself must do (a
+skip by another user, the overlap setting, several people on one task) runs through the real server
+of the session, with users created through its API.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from loop import export, rounds, status
+from loop.config import load_settings
+from loop.ledger import Ledger
+from loop.service import ensure_pool
+from tests.support.memstudio import MemStudio
+
+
+def make_ctx(tmp_path, small_pool, starter_model, studio, **team) -> rounds.Context:
+    settings = load_settings(
+        data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
+        learner__epochs=1, cluster__k=3, select__budget=6, scheduler__reconcile_seconds=0,
+        **{f"team__{k}": v for k, v in team.items()},
+    )
+    ledger = Ledger(settings.ledger_path)
+    ensure_pool(settings, ledger)
+    project = studio.ensure_project(f"team {uuid.uuid4().hex[:8]}", settings.label_config_path.read_text())
+    return rounds.Context(settings, ledger, studio, project_id=project)
+
+
+@pytest.fixture
+def mem_ctx(tmp_path, small_pool, starter_model):
+    return lambda **team: make_ctx(tmp_path, small_pool, starter_model, MemStudio(), **team)
+
+
+def settle(ctx: rounds.Context, limit: int = 20) -> rounds.Step:
+    """Advance until the loop waits or idles; returns the last step."""
+    for _ in range(limit):
+        step = rounds.advance(ctx)
+        if step.settled:
+            return step
+    raise AssertionError("the loop did not settle")
+
+
+def advance_until(ctx: rounds.Context, state: str, limit: int = 10) -> rounds.Step:
+    for _ in range(limit):
+        step = rounds.advance(ctx)
+        if step.state == state:
+            return step
+    raise AssertionError(f"round never reached {state!r}")
+
+
+def verify(ctx: rounds.Context, item: dict, verdict: str = "accept", user: int | None = None) -> int:
+    text = item["draft"] + " (edited)" if verdict == "edit" else item["draft"]
+    return ctx.studio.annotate(item["task_id"], verdict=verdict, text=text, user_id=user)
+
+
+# ------------------------------------------------------------------------------------------------ skips
+
+
+def test_a_skipped_task_no_longer_stalls_the_round_and_is_counted_everywhere(mem_ctx):
+    ctx = mem_ctx()
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    batch = ctx.ledger.batch(1)
+    carol = ctx.studio.ensure_user("carol@example.org")
+    for item in batch[1:]:
+        verify(ctx, item)
+    ctx.studio.skip(batch[0]["task_id"], user_id=carol)
+    step = rounds.advance(ctx)  # before: "waiting: round 1 verified 5/6" for ever
+    assert (step.kind, step.state) == ("moved", "training")
+    assert step.message == "round 1: closed (complete), 5 verified, 1 skipped (retired), 0 still open"
+    assert ctx.ledger.get_round(1)["closed_reason"] == "complete"
+
+    facts = status.facts(ctx.ledger)
+    assert (facts["rounds"][0]["skipped"], facts["rounds"][0]["remaining"]) == (1, 0)
+    cluster = next(c for c in facts["clusters"] if c["cluster"] == batch[0]["cluster"])
+    assert cluster["skipped"] == 1 and cluster["skip_rate"] == pytest.approx(1 / cluster["imported"])
+    people = {a["annotator"]: a for a in facts["annotation"]["annotators"]}
+    carol_id = status.anonymise("carol@example.org", ctx.ledger.annotator_salt())
+    assert people[carol_id]["skips"] == 1 and people[carol_id]["annotations"] == 0
+    assert facts["annotation"]["overall"]["skips"] == 1
+    # retired (the default): never selected again
+    assert batch[0]["pool_id"] not in ctx.ledger.unsent_pool_ids()
+
+
+def test_the_return_policy_puts_a_skipped_item_back_into_the_pool_for_a_later_round(mem_ctx):
+    ctx = mem_ctx(skip_policy="return")
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    skipped = batch[0]["pool_id"]
+    for item in batch[1:]:
+        verify(ctx, item)
+    ctx.studio.skip(batch[0]["task_id"])
+    step = rounds.advance(ctx)
+    assert step.message.endswith("1 skipped (returned to the pool), 0 still open")
+    assert skipped in ctx.ledger.unsent_pool_ids()
+    assert status.facts(ctx.ledger)["rounds"][0]["returned"] == 1
+    # the item can sit in a later round's batch (the one-batch-at-a-time index allows a returned item)
+    ctx.ledger.create_round(strategy="stratified", budget=1, learner_version="v0",
+                            items=[{"pool_id": skipped, "cluster": 0, "score": 1.0}])
+    assert skipped not in ctx.ledger.unsent_pool_ids()
+
+
+def test_a_skip_resubmitted_as_a_verdict_is_withdrawn_and_a_late_verdict_still_counts(mem_ctx):
+    ctx = mem_ctx()
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    skip = ctx.studio.skip(batch[0]["task_id"])
+    assert "1 skipped" in settle(ctx).message
+    ctx.studio.update_annotation(skip, verdict="accept", text=batch[0]["draft"])
+    assert "skipped" not in settle(ctx).message  # the skip became a verdict: no longer counted as one
+    assert ctx.ledger.skips() == [] and status.facts(ctx.ledger)["rounds"][0]["verified"] == 1
+
+
+def test_export_carries_how_many_skipped_an_item(mem_ctx):
+    ctx = mem_ctx()
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    ctx.studio.skip(batch[0]["task_id"], user_id=ctx.studio.ensure_user("dan@example.org"))
+    verify(ctx, batch[0])  # someone else verified it after the skip
+    verify(ctx, batch[1])
+    settle(ctx)
+    records = {r["id"]: r for r in export.from_ledger(ctx.ledger)}
+    assert records[f"r1-p{batch[0]['pool_id']}"]["skips"] == 1
+    assert records[f"r1-p{batch[1]['pool_id']}"]["skips"] == 0
+
+
+def test_a_skip_by_another_user_in_the_real_label_studio_closes_the_round(tmp_path, small_pool, starter_model,
+                                                                          studio):
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    batch = ctx.ledger.batch(1)
+    erin = studio.ensure_user(f"erin-{uuid.uuid4().hex[:6]}@example.org")
+    for item in batch[1:]:
+        verify(ctx, item)
+    studio.skip(batch[0]["task_id"], user_id=erin)
+    assert studio.counts(ctx.project_id)["skipped_annotations_number"] == 1
+    step = rounds.advance(ctx)
+    assert (step.state, step.message) == ("training", "round 1: closed (complete), 5 verified, 1 skipped (retired),"
+                                                      " 0 still open")
+    skips = ctx.ledger.skips()
+    assert [(k["task_id"], k["annotator"].startswith("erin-")) for k in skips] == [(batch[0]["task_id"], True)]
+
+
+def test_the_dashboard_and_metrics_show_skips_per_round_cluster_and_annotator(mem_ctx):
+    from ml_backend.app import create_app
+
+    ctx = mem_ctx()
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    ctx.studio.skip(batch[0]["task_id"], user_id=ctx.studio.ensure_user("fay@example.org"))
+    settle(ctx)
+    client = create_app(ctx.settings, ctx.ledger).test_client()
+    page = client.get("/dashboard").get_data(as_text=True)
+    assert '<div class="v" id="current-skipped">1</div>' in page and '<td class="skips">1</td>' in page
+    metrics = client.get("/metrics").get_data(as_text=True)
+    fay = status.anonymise("fay@example.org", ctx.ledger.annotator_salt())
+    assert 'labelloop_batch_items{stage="skipped"} 1.0' in metrics
+    assert f'labelloop_skipped_items{{cluster="{batch[0]["cluster"]}",round="1"}} 1.0' in metrics
+    assert f'labelloop_annotator_skips{{annotator="{fay}"}} 1.0' in metrics
