@@ -1,4 +1,4 @@
-"""The command line: `labelloop init | ingest | run | demo | status`."""
+"""The command line: `labelloop init | ingest | run | demo | status | deadline | ...`."""
 
 from __future__ import annotations
 
@@ -146,6 +146,8 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
         line = (f"current round {current['round']}: {current['state']}, verified "
                 f"{current['verified']}/{current['imported']}, {current['skipped']} skipped,"
                 f" {current['remaining']} remaining")
+        if current["deadline"] and current["state"] in ("imported", "verifying"):
+            line += f"; closes at its deadline {current['deadline']}"
         if eta is not None:
             line += (f"; at {eta['per_hour']} per hour done by {eta['eta']}" if eta["eta"] else
                      "; no pace yet to estimate completion")
@@ -208,6 +210,32 @@ def status(config: str | None) -> None:
     """
     settings = _settings(config)
     print_status(settings, _ledger_or_fail(settings))
+
+
+@main.command()
+@click.argument("round_id", type=int)
+@click.option("--hours", type=click.FloatRange(min=0), help="close the round this many hours from now")
+@click.option("--clear", is_flag=True, help="remove the deadline: the round waits for every task")
+@click.pass_obj
+def deadline(config: str | None, round_id: int, hours: float | None, clear: bool) -> None:
+    """Set or clear when a round closes with what is verified (the rest stays in Label Studio).
+
+    \b
+    Example:
+      labelloop deadline 3 --hours 2
+      labelloop deadline 3 --clear
+    """
+    from datetime import datetime, timedelta, timezone
+
+    if (hours is None) == (not clear):
+        raise click.UsageError("give --hours H or --clear")
+    ledger = _ledger_or_fail(_settings(config))
+    rnd = ledger.get_round(round_id)
+    if rnd["state"] in ("training", "done"):
+        raise click.UsageError(f"round {round_id} is already closed ({rnd['state']}); a deadline changes nothing")
+    at = None if clear else (datetime.now(timezone.utc) + timedelta(hours=hours)).isoformat(timespec="seconds")
+    ledger.set_round_deadline(round_id, at)
+    console.print(f"round {round_id}: " + (f"closes at {at}" if at else "no deadline"))
 
 
 def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_backend: bool = True) -> None:

@@ -146,6 +146,9 @@ class TeamSettings(_Section):
     skip_policy: Literal[SKIP_POLICIES] = Field(
         "retire", description="an item everyone assigned skipped, at its round's close: 'retire' keeps it out of"
         " later rounds (a skip says the draft or guidelines do not serve it), 'return' puts it back in the pool")
+    deadline_hours: float | None = Field(
+        None, gt=0, description="a round closes this long after its import with what is verified by then; the"
+        " rest stays in Label Studio and counts when verified later. None: a round waits for every task")
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -351,6 +352,17 @@ def _quota(ctx: Context) -> int:
     return 1
 
 
+def _deadline(ctx: Context, rnd: dict) -> datetime | None:
+    """When a verifying round closes with what is verified (None: it waits for every task). Set once, from
+    `team.deadline_hours`, as the round starts waiting for annotators; `labelloop deadline` moves or clears it."""
+    hours = ctx.settings.team.deadline_hours
+    if rnd["state"] == "imported" and rnd["deadline_at"] is None and hours is not None:
+        at = (datetime.now(timezone.utc) + timedelta(hours=hours)).isoformat(timespec="seconds")
+        ctx.ledger.set_round_deadline(rnd["id"], at)
+        return datetime.fromisoformat(at)
+    return datetime.fromisoformat(rnd["deadline_at"]) if rnd["deadline_at"] else None
+
+
 def close_round(ctx: Context, round_id: int, reason: str) -> str:
     """Move a verifying round to training, recording why (`complete` or `deadline`), and apply the skip
     policy to the items every assigned annotator skipped; returns the line for people."""
@@ -485,14 +497,18 @@ def advance(ctx: Context) -> Step:
         counts = team.tally(ledger.item_tallies(round_id), quota)
         if state == "imported":
             ledger.set_round_state(round_id, "verifying", expect="imported")
+        deadline = _deadline(ctx, current)
+        if counts["open"] and deadline is not None and datetime.now(timezone.utc) >= deadline:
+            return Step("moved", close_round(ctx, round_id, "deadline"), round_id, "training")
         if counts["open"] == 0:  # every task verified or skipped by all assigned (an empty import is done too)
             if counts["skipped"] == 0:
                 ledger.set_round_state(round_id, "training", expect="verifying", closed_reason="complete")
                 return Step("moved", f"round {round_id}: all {counts['verified']} verified", round_id, "training")
             return Step("moved", close_round(ctx, round_id, "complete"), round_id, "training")
         skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+        until = f", deadline {deadline.isoformat(timespec='seconds')}" if deadline is not None else ""
         return Step("waiting", f"waiting: round {round_id} verified {counts['verified']}/{counts['imported']}"
-                    f"{skipped}", round_id, "verifying")
+                    f"{skipped}{until}", round_id, "verifying")
     if state == "training":
         version = train_round(ctx, round_id)
         ledger.set_round_state(round_id, "done", expect="training")

@@ -77,7 +77,8 @@ def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
         mine = [c for c in clusters if c["round"] == r["id"]]
         sums = {k: sum(c[k] for c in mine) for k in COUNTS}
         out.append({**_verdicts({
-            "round": r["id"], "state": r["state"], "closed": r.get("closed_reason"), "strategy": r["strategy"],
+            "round": r["id"], "state": r["state"], "closed": r.get("closed_reason"), "deadline": r.get("deadline_at"),
+            "strategy": r["strategy"],
             "budget": r["budget"], "learner_version": r["learner_version"],
             "teacher": ledger.find_meta(f"round:{r['id']}:model_version"), "error": r["error"],
             "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,

@@ -54,6 +54,8 @@ PAGE = """<!doctype html>
  <div class="tile"><div class="v" id="current-skipped">{{ c.skipped }}</div><div class="k">skipped</div></div>
  <div class="tile"><div class="v" id="current-remaining">{{ c.remaining }}</div><div class="k">remaining</div></div>
  <div class="tile"><div class="v" id="eta">{{ eta }}</div><div class="k">estimated completion</div></div>
+ {% if c.deadline and c.state in ('imported', 'verifying') %}<div class="tile"><div class="v" id="deadline">
+  {{ c.deadline }}</div><div class="k">deadline: the round closes with what is verified</div></div>{% endif %}
  {% else %}<div class="tile"><div class="v" id="current-round">none</div><div class="k">no round yet</div></div>
  {% endif %}
  <div class="tile"><div class="v" id="teacher-cost">${{ "%.4f"|format(f.teacher.total.cost) }}</div>

@@ -160,3 +160,82 @@ def test_the_dashboard_and_metrics_show_skips_per_round_cluster_and_annotator(me
     assert 'labelloop_batch_items{stage="skipped"} 1.0' in metrics
     assert f'labelloop_skipped_items{{cluster="{batch[0]["cluster"]}",round="1"}} 1.0' in metrics
     assert f'labelloop_annotator_skips{{annotator="{fay}"}} 1.0' in metrics
+
+
+# --------------------------------------------------------------------------------------------- deadlines
+
+
+def past(hours: float = 1.0) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) - timedelta(hours=hours)).isoformat(timespec="seconds")
+
+
+def test_a_round_closes_at_its_deadline_and_later_verdicts_still_count(mem_ctx):
+    ctx = mem_ctx(deadline_hours=24)
+    waiting = settle(ctx)
+    deadline = ctx.ledger.get_round(1)["deadline_at"]
+    assert deadline is not None and waiting.message == f"waiting: round 1 verified 0/6, deadline {deadline}"
+    batch = ctx.ledger.batch(1)
+    verify(ctx, batch[0])
+    verify(ctx, batch[1], "edit")
+    ctx.studio.skip(batch[2]["task_id"])
+    assert rounds.advance(ctx).kind == "waiting"  # before the deadline the round waits
+    ctx.ledger.set_round_deadline(1, past())
+    step = rounds.advance(ctx)
+    assert (step.state, step.message) == ("training", "round 1: closed (deadline), 2 verified, 1 skipped (retired),"
+                                                      " 3 still open")
+    assert ctx.ledger.get_round(1)["closed_reason"] == "deadline"
+    assert rounds.advance(ctx).state == "done"
+    assert len(ctx.ledger.verified_pairs()) == 2
+    # a straggler verifies an open task of the closed round: it counts, and blocks nothing
+    verify(ctx, batch[3])
+    step = rounds.advance(ctx)
+    assert (step.round_id, step.state) == (2, "selected")
+    facts = status.facts(ctx.ledger)
+    assert (facts["rounds"][0]["verified"], facts["rounds"][0]["remaining"]) == (3, 2)
+    assert len(ctx.ledger.verified_pairs()) == 3
+
+
+def test_without_a_deadline_a_round_waits_for_every_task(mem_ctx):
+    ctx = mem_ctx()
+    settle(ctx)
+    verify(ctx, ctx.ledger.batch(1)[0])
+    assert settle(ctx).message == "waiting: round 1 verified 1/6"
+    assert ctx.ledger.get_round(1)["deadline_at"] is None
+
+
+def test_a_deadline_passes_in_the_real_label_studio(tmp_path, small_pool, starter_model, studio):
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio, deadline_hours=8)
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    verify(ctx, batch[0], "reject")
+    verify(ctx, batch[1])
+    ctx.ledger.set_round_deadline(1, past())
+    step = rounds.advance(ctx)
+    assert step.message == "round 1: closed (deadline), 2 verified, 0 skipped (retired), 4 still open"
+    assert studio.counts(ctx.project_id)["task_number"] == 6  # the open tasks stay in Label Studio
+    assert rounds.advance(ctx).state == "done"
+    verify(ctx, batch[2], "edit")  # verified after the close
+    assert rounds.advance(ctx).round_id == 2
+    assert status.facts(ctx.ledger)["rounds"][0]["verified"] == 3
+
+
+def test_a_lead_sets_and_clears_a_deadline_from_the_command_line(mem_ctx):
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    ctx = mem_ctx()
+    settle(ctx)
+    config = ctx.settings.data_dir / "team.json"
+    config.write_text(ctx.settings.model_dump_json())
+    out = CliRunner().invoke(main, ["-c", str(config), "deadline", "1", "--hours", "2"])
+    assert out.exit_code == 0 and out.output.startswith("round 1: closes at ")
+    assert ctx.ledger.get_round(1)["deadline_at"] is not None
+    assert ", deadline " in settle(ctx).message
+    out = CliRunner().invoke(main, ["-c", str(config), "deadline", "1", "--clear"])
+    assert (out.exit_code, out.output.strip()) == (0, "round 1: no deadline")
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    out = CliRunner().invoke(main, ["-c", str(config), "deadline", "9", "--hours", "1"])
+    assert out.exit_code == 1 and "no round 9" in out.output
