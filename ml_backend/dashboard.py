@@ -92,7 +92,8 @@ PAGE = """<!doctype html>
  {% for a in f.annotation.annotators %}<tr><td>{{ a.annotator }}</td><td>{{ a.annotations }}</td>
  <td class="skips">{{ a.skips }}</td>
  <td>{{ a.median_lead_time_s if a.median_lead_time_s is not none else '' }}</td>
- <td>{{ a.per_hour if a.per_hour is not none else '' }}</td></tr>{% endfor %}
+ <td class="per-hour">{{ a.per_hour if a.per_hour is not none else ('too few to rate' if a.annotations else '') }}</td>
+ </tr>{% endfor %}
 </table>
 </body></html>
 """

@@ -239,3 +239,41 @@ def test_a_lead_sets_and_clears_a_deadline_from_the_command_line(mem_ctx):
     assert settle(ctx).message == "waiting: round 1 verified 0/6"
     out = CliRunner().invoke(main, ["-c", str(config), "deadline", "9", "--hours", "1"])
     assert out.exit_code == 1 and "no round 9" in out.output
+
+
+# -------------------------------------------------------------------------------------------- throughput
+
+
+def _times(ledger: Ledger, stamps: list[tuple[str, str]], annotator: str = "gil@example.org") -> None:
+    """Verifications of round 1's batch by one annotator at the given (created_at, updated_at)."""
+    batch = ledger.batch(1)
+    ledger.record_verifications([
+        {"annotation_id": 100 + i, "task_id": item["task_id"], "round_id": 1, "pool_id": item["pool_id"],
+         "verdict": "accept", "target": item["draft"], "updated_at": updated, "created_at": created,
+         "annotator": annotator, "lead_time": 1.0}
+        for i, (item, (created, updated)) in enumerate(zip(batch, stamps, strict=False))
+    ])
+
+
+@pytest.mark.parametrize(("stamps", "rate"), [
+    # one annotation in 26 microseconds: was 138,461,538 per hour
+    ([("2026-03-01T09:00:00.000000Z", "2026-03-01T09:00:00.000026Z")], None),
+    # three in two minutes: too short a span to extrapolate to an hour
+    ([("2026-03-01T09:00:00Z", "2026-03-01T09:00:30Z"), ("2026-03-01T09:01:00Z", "2026-03-01T09:01:30Z"),
+      ("2026-03-01T09:01:40Z", "2026-03-01T09:02:00Z")], None),
+    # three over twenty minutes: 9 per hour
+    ([("2026-03-01T09:00:00Z", "2026-03-01T09:01:00Z"), ("2026-03-01T09:10:00Z", "2026-03-01T09:11:00Z"),
+      ("2026-03-01T09:19:00Z", "2026-03-01T09:20:00Z")], 9.0),
+])
+def test_throughput_is_given_only_over_a_span_that_means_something(mem_ctx, stamps, rate):
+    from ml_backend.app import create_app
+
+    ctx = mem_ctx()
+    settle(ctx)
+    _times(ctx.ledger, stamps)
+    facts = status.facts(ctx.ledger)
+    [person] = facts["annotation"]["annotators"]
+    assert person["per_hour"] == rate and facts["annotation"]["overall"]["per_hour"] == rate
+    assert facts["estimate"]["per_hour"] == rate and (facts["estimate"]["eta"] is None) == (rate is None)
+    page = create_app(ctx.settings, ctx.ledger).test_client().get("/dashboard").get_data(as_text=True)
+    assert f'<td class="per-hour">{rate if rate is not None else "too few to rate"}</td>' in page
