@@ -179,6 +179,21 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
           for a in ann["annotators"]]
          + [["all", ann["overall"]["annotations"], ann["overall"]["skips"], ann["overall"]["median_lead_time_s"],
              ann["overall"]["per_hour"]]])
+    agree = facts["agreement"]
+
+    def alpha(a: float | None) -> str:
+        return "n/a" if a is None else f"{a:.3f}"
+
+    show(f"agreement on verdicts (Krippendorff's alpha; {facts['team']['overlap']} annotations wanted per task)",
+         ["scope", "tasks two or more verified", "alpha", "agreed"],
+         [["all", agree["overall"]["units"], alpha(agree["overall"]["alpha"]), ""]]
+         + [[f"round {r['round']}", r["units"], alpha(r["alpha"]), ""] for r in agree["rounds"]]
+         + [[f"cluster {c['cluster']}", c["units"], alpha(c["alpha"]), ""] for c in agree["clusters"]]
+         + [[" & ".join(p["pair"]), p["units"], alpha(p["alpha"]), p["agree"]] for p in agree["pairs"]])
+    if facts["adjudication"]:
+        show("awaiting adjudication (a tie or a split: a lead's annotation decides)",
+             ["round", "cluster", "task", "votes", "open in Label Studio"],
+             [[a["round"], a["cluster"], a["task_id"], a["votes"], a["link"]] for a in facts["adjudication"]])
     usage = facts["teacher"]
     show("teacher usage", ["round", "calls", "attempts", "failures", "cached", "prompt tokens",
                            "completion tokens", "cost (USD)"],

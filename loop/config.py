@@ -146,6 +146,12 @@ class TeamSettings(_Section):
     skip_policy: Literal[SKIP_POLICIES] = Field(
         "retire", description="an item everyone assigned skipped, at its round's close: 'retire' keeps it out of"
         " later rounds (a skip says the draft or guidelines do not serve it), 'return' puts it back in the pool")
+    overlap: int = Field(
+        1, ge=1, description="annotations wanted per task; the loop sets Label Studio's overlap"
+        " (maximum_annotations) to match. A task is settled when that many people verified or skipped it")
+    adjudicators: list[str] = Field(
+        default_factory=list, description="Label Studio users (emails) whose annotation on a task decides it"
+        " outright: the leads who settle ties and splits. Their verdicts count in no agreement figure")
     deadline_hours: float | None = Field(
         None, gt=0, description="a round closes this long after its import with what is verified by then; the"
         " rest stays in Label Studio and counts when verified later. None: a round waits for every task")

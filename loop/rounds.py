@@ -349,7 +349,7 @@ def _sync_skips(ctx: Context, task_ids: list[int] | None) -> int:
 
 def _quota(ctx: Context) -> int:
     """How many people each task wants (Label Studio's overlap)."""
-    return 1
+    return ctx.settings.team.overlap
 
 
 def _deadline(ctx: Context, rnd: dict) -> datetime | None:
@@ -361,6 +361,16 @@ def _deadline(ctx: Context, rnd: dict) -> datetime | None:
         ctx.ledger.set_round_deadline(rnd["id"], at)
         return datetime.fromisoformat(at)
     return datetime.fromisoformat(rnd["deadline_at"]) if rnd["deadline_at"] else None
+
+
+def _record_team(ctx: Context) -> None:
+    """Record the team's rule and where Label Studio is, for the readers that have only the ledger (status,
+    the dashboard, the export): they decide tasks as the loop does and link to the tasks to adjudicate."""
+    ctx.ledger.set_team_rule(ctx.settings.team.overlap, ctx.settings.team.adjudicators)
+    if ctx.studio is not None and ctx.project_id is not None:
+        where = f"{ctx.studio.url}/projects/{ctx.project_id}"
+        if ctx.ledger.find_meta("studio_project_url") != where:
+            ctx.ledger.set_meta("studio_project_url", where)
 
 
 def close_round(ctx: Context, round_id: int, reason: str) -> str:
@@ -470,6 +480,7 @@ def advance(ctx: Context) -> Step:
     """Do the one next step of the newest round (or open a new one); return what happened."""
     ledger, s = ctx.ledger, ctx.settings
     current = ledger.find_current_round()
+    _record_team(ctx)
     if current is None or current["state"] == "done":
         # edits and deletions of earlier rounds keep arriving after the last round, and exports read them
         sync_verifications(ctx, full=_full_sync_due(ctx))
@@ -487,6 +498,8 @@ def advance(ctx: Context) -> Step:
         return Step("moved", f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)",
                     round_id, "distilled")
     if state == "distilled":
+        if ctx.studio is not None and ctx.project_id is not None:  # before the tasks arrive: each wants `quota`
+            ctx.studio.set_overlap(ctx.project_id, quota)
         n = import_round(ctx, round_id)
         ledger.set_round_state(round_id, "imported", expect="distilled")  # import_round recorded the project
         return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")

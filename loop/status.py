@@ -62,19 +62,27 @@ def _verdicts(row: dict) -> dict:
     }
 
 
-COUNTS = ("selected", "failed", "imported", "verified", "skipped", "returned", "remaining", "accept", "edit",
-          "reject")
+COUNTS = ("selected", "failed", "imported", "verified", "skipped", "returned", "remaining", "adjudicate", "accept",
+          "edit", "reject")
 
 
 def cluster_rows(ledger: Ledger, quota: int = 1) -> list[dict]:
-    """Per round and cluster: selected, imported, verified, skipped (every assigned annotator skipped),
-    returned to the pool, remaining (still waited for), verdicts and their rates, skip rate."""
+    """Per round and cluster: selected, imported, verified (decided under the team's rule), awaiting
+    adjudication, skipped (every assigned annotator skipped), returned to the pool, remaining (still
+    waited for), the decided verdicts and their rates, skip rate."""
     tallies: dict[tuple, list[dict]] = defaultdict(list)
     for t in ledger.item_tallies():
         tallies[(t["round_id"], t["cluster"])].append(t)
+    decided: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (round_id, _), (item, decision) in ledger.decisions().items():
+        verdicts = decided[(round_id, item["cluster"])]
+        verdicts[decision.verdict if decision.status == "decided" else decision.status] += 1
     out = []
     for r in ledger.cluster_progress():
-        row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported", "verified", "accept", "edit", "reject")}
+        row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported")}
+        verdicts = decided[(r["round_id"], r["cluster"])]
+        row.update({v: verdicts[v] for v in ("accept", "edit", "reject", "adjudicate")})
+        row["verified"] = row["accept"] + row["edit"] + row["reject"]
         counts = team.tally(tallies.get((r["round_id"], r["cluster"]), []), quota)
         row = {"round": r["round_id"], "cluster": r["cluster"], **row, "skipped": counts["skipped"],
                "returned": counts["returned"], "remaining": counts["open"]}
@@ -163,6 +171,31 @@ def annotators(ledger: Ledger) -> dict:
     return {"annotators": people, "overall": {**summary(rows), "skips": sum(skips.values())}}
 
 
+def agreement(ledger: Ledger, adjudicators: list[str]) -> dict:
+    """Krippendorff's alpha on verdicts per round, per cluster and per (anonymised) annotator pair, over
+    the tasks two or more people verified; None where undefined (no such task, or one verdict only)."""
+    salt = ledger.annotator_salt()
+    leads = {a.lower() for a in adjudicators}
+    items = [{"round_id": it["round_id"], "cluster": it["cluster"],
+              "rows": [{**r, "annotator": r["annotator"] if (r["annotator"] or "").lower() in leads
+                        else anonymise(r["annotator"], salt)} for r in it["rows"]]}
+             for it in ledger.item_votes()]
+    return team.agreement(items, adjudicators)
+
+
+def adjudication(ledger: Ledger) -> list[dict]:
+    """The tasks awaiting a lead's verdict (a tie or a split), oldest round first, with a link to each task
+    in Label Studio (when the loop has recorded where it is)."""
+    where = ledger.find_meta("studio_project_url")
+    out = []
+    for (round_id, pool_id), (item, decision) in sorted(ledger.decisions().items()):
+        if decision.status == "adjudicate":
+            out.append({"round": round_id, "pool_id": pool_id, "cluster": item["cluster"], "task_id": item["task_id"],
+                        "votes": team.votes_text(decision.votes), "voters": decision.voters,
+                        "link": f"{where}/data?task={item['task_id']}" if where else None})
+    return out
+
+
 def estimate(ledger: Ledger, round_row: dict | None, now: datetime) -> dict | None:
     """When the current round's batch completes at the pace seen so far in this round (None when
     there is no open batch or no pace yet)."""
@@ -203,7 +236,8 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
           min_verified: int = MIN_VERIFIED) -> dict:
     """Everything `labelloop status` and the dashboard show, as one JSON-ready dict."""
     now = now or datetime.now(timezone.utc)
-    clusters = cluster_rows(ledger)
+    quota, adjudicators = ledger.team_rule()
+    clusters = cluster_rows(ledger, quota)
     rounds = round_rows(ledger, clusters)
     current = rounds[-1] if rounds else None
     return {
@@ -217,6 +251,9 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
         "reject_threshold": reject_threshold,
         "coverage": coverage(ledger),
         "annotation": annotators(ledger),
+        "team": {"overlap": quota, "adjudicators": len(adjudicators)},
+        "agreement": agreement(ledger, adjudicators),
+        "adjudication": adjudication(ledger),
         "teacher": teacher(ledger, rounds),
         "learners": learners(ledger),
     }

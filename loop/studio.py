@@ -356,6 +356,17 @@ class Studio:
         )
         return {f: int(getattr(project, f, None) or 0) for f in fields}
 
+    def set_overlap(self, project_id: int, annotations: int) -> None:
+        """Make every task of the project want `annotations` people (Label Studio's maximum_annotations,
+        applied to all tasks: overlap_cohort_percentage 100); a no-op when it already does."""
+        with _calling(f"get project {project_id}"):
+            project = self._ls.projects.get(id=project_id)
+        if (project.maximum_annotations, project.overlap_cohort_percentage) == (annotations, 100):
+            return
+        with _calling(f"set overlap {annotations} on project {project_id}"):
+            self._ls.projects.update(id=project_id, maximum_annotations=annotations, overlap_cohort_percentage=100)
+        log.info("project %s: each task now wants %d annotations", project_id, annotations)
+
     # ------------------------------------------------------------------ tasks
 
     def _iter_tasks(self, project_id: int, what: str, *, query: dict | None = None, **kw) -> Iterator[Any]:

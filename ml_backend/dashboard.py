@@ -87,6 +87,22 @@ PAGE = """<!doctype html>
  <td>{{ '%.0f%%'|format(100 * c.skip_rate) if c.skip_rate is not none else '' }}</td><td>{{ c.remaining }}</td>
  </tr>{% endfor %}
 </table>
+<table id="agreement"><tr><th>agreement (Krippendorff's alpha)</th><th>tasks two or more verified</th>
+ <th>alpha</th></tr>
+ <tr data-scope="all"><td>all ({{ f.team.overlap }} wanted per task)</td><td>{{ f.agreement.overall.units }}</td>
+ <td class="alpha">{{ alpha(f.agreement.overall.alpha) }}</td></tr>
+ {% for r in f.agreement.rounds %}<tr data-scope="round-{{ r.round }}"><td>round {{ r.round }}</td>
+ <td>{{ r.units }}</td><td class="alpha">{{ alpha(r.alpha) }}</td></tr>{% endfor %}
+ {% for c in f.agreement.clusters %}<tr data-scope="cluster-{{ c.cluster }}"><td>cluster {{ c.cluster }}</td>
+ <td>{{ c.units }}</td><td class="alpha">{{ alpha(c.alpha) }}</td></tr>{% endfor %}
+ {% for p in f.agreement.pairs %}<tr data-scope="pair"><td>{{ p.pair|join(' & ') }}</td><td>{{ p.units }}</td>
+ <td class="alpha">{{ alpha(p.alpha) }}</td></tr>{% endfor %}
+</table>
+<table id="adjudication"><tr><th>awaiting adjudication: round</th><th>cluster</th><th>task</th><th>votes</th></tr>
+ {% for a in f.adjudication %}<tr data-task="{{ a.task_id }}"><td>{{ a.round }}</td><td>{{ a.cluster }}</td>
+ <td>{% if a.link %}<a href="{{ a.link }}">{{ a.task_id }}</a>{% else %}{{ a.task_id }}{% endif %}</td>
+ <td>{{ a.votes }}</td></tr>{% else %}<tr><td colspan="4">none</td></tr>{% endfor %}
+</table>
 <table id="annotators"><tr><th>annotator</th><th>annotations</th><th>skips</th><th>median lead time (s)</th>
  <th>per hour</th></tr>
  {% for a in f.annotation.annotators %}<tr><td>{{ a.annotator }}</td><td>{{ a.annotations }}</td>
@@ -212,6 +228,7 @@ def page() -> str:
         eta="done" if eta and eta["remaining"] == 0 else (eta["eta"] if eta and eta["eta"] else "n/a"),
         lead=f"{lead:g} s" if lead is not None else "n/a",
         flagged=[str(t["cluster"]) for t in f["teacher_fit"] if t["flagged"]],
+        alpha=lambda a: "n/a" if a is None else f"{a:.3f}",
     )
 
 
@@ -276,6 +293,15 @@ class _LedgerCollector:
         for a in f["annotation"]["annotators"]:
             skips.add_metric([a["annotator"] or "unknown"], a["skips"])
         yield skips
+        alpha = GaugeMetricFamily("labelloop_agreement_alpha", "Krippendorff's alpha on verdicts per round",
+                                  labels=["round"])
+        for r in f["agreement"]["rounds"]:
+            if r["alpha"] is not None:
+                alpha.add_metric([str(r["round"])], r["alpha"])
+        yield alpha
+        waiting = GaugeMetricFamily("labelloop_awaiting_adjudication", "Tasks awaiting a lead's verdict")
+        waiting.add_metric([], len(f["adjudication"]))
+        yield waiting
         usage = f["teacher"]["total"]
         for key, help_ in (("calls", "Items sent to the teacher"), ("attempts", "Teacher HTTP requests"),
                            ("failures", "Items the teacher gave no valid output for"),

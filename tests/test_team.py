@@ -277,3 +277,122 @@ def test_throughput_is_given_only_over_a_span_that_means_something(mem_ctx, stam
     assert facts["estimate"]["per_hour"] == rate and (facts["estimate"]["eta"] is None) == (rate is None)
     page = create_app(ctx.settings, ctx.ledger).test_client().get("/dashboard").get_data(as_text=True)
     assert f'<td class="per-hour">{rate if rate is not None else "too few to rate"}</td>' in page
+
+
+# ------------------------------------------------------------------------------- overlap and agreement
+
+
+def vote(annotation_id: int, annotator: str, verdict: str, target: str | None = "t") -> dict:
+    return {"annotation_id": annotation_id, "annotator": annotator, "verdict": verdict,
+            "target": None if verdict == "reject" else target, "updated_at": None}
+
+
+@pytest.mark.parametrize(("rows", "skips", "quota", "want"), [
+    # one person per task: the latest verdict decides (a correction by the same or another person)
+    ([vote(1, "a", "accept"), vote(2, "b", "edit", "new")], 0, 1, ("decided", "edit", "new")),
+    # two wanted, one so far: open; with the other's skip it settles on the one verdict
+    ([vote(1, "a", "accept")], 0, 2, ("open", None, None)),
+    ([vote(1, "a", "accept")], 1, 2, ("decided", "accept", "t")),
+    # two who disagree: a tie goes to adjudication, accept vs edit included
+    ([vote(1, "a", "accept"), vote(2, "b", "reject")], 0, 2, ("adjudicate", None, None)),
+    ([vote(1, "a", "accept"), vote(2, "b", "edit", "x")], 0, 2, ("adjudicate", None, None)),
+    # three: a majority wins, its latest edit is the target; an accept/edit/reject split is adjudicated
+    ([vote(1, "a", "edit", "x"), vote(2, "b", "accept"), vote(3, "c", "edit", "y")], 0, 3, ("decided", "edit", "y")),
+    ([vote(1, "a", "edit", "x"), vote(2, "b", "accept"), vote(3, "c", "reject")], 0, 3, ("adjudicate", None, None)),
+    ([vote(1, "a", "reject"), vote(2, "b", "reject"), vote(3, "c", "edit", "y")], 0, 3, ("decided", "reject", None)),
+    # one person's two annotations are one vote (their newest)
+    ([vote(1, "a", "reject"), vote(2, "a", "accept"), vote(3, "b", "accept")], 0, 2, ("decided", "accept", "t")),
+    # the adjudicator decides outright, whatever the votes
+    ([vote(1, "a", "accept"), vote(2, "b", "reject"), vote(3, "Lead@x.org", "edit", "z")], 0, 2,
+     ("decided", "edit", "z")),
+    ([], 2, 2, ("skipped", None, None)),
+])
+def test_the_verdict_rule(rows, skips, quota, want):
+    from loop.team import decide
+
+    d = decide(rows, skips, quota, adjudicators=["lead@x.org"])
+    assert (d.status, d.verdict, d.target) == want
+
+
+def test_overlap_two_majority_adjudication_and_agreement_on_the_memory_studio(mem_ctx):
+    import krippendorff
+    import numpy as np
+
+    ctx = mem_ctx(overlap=2, adjudicators=["lead@example.org"])
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    assert ctx.studio.overlap(ctx.project_id) == 2  # Label Studio's maximum_annotations follows team.overlap
+    batch = ctx.ledger.batch(1)
+    ann, bob, lead = (ctx.studio.ensure_user(f"{n}@example.org") for n in ("ann", "bob", "lead"))
+    a_votes = ["accept", "edit", "reject", "accept", "accept", "edit"]
+    b_votes = ["accept", "edit", "reject", "reject", "reject", "accept"]
+    for item, verdict in zip(batch, a_votes, strict=True):
+        verify(ctx, item, verdict, ann)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"  # each task wants a second person
+    for item, verdict in zip(batch, b_votes, strict=True):
+        verify(ctx, item, verdict, bob)
+    assert rounds.advance(ctx).message == "round 1: all 6 verified"  # settled; 3 ties wait for the lead
+
+    facts = status.facts(ctx.ledger)
+    assert (facts["rounds"][0]["verified"], facts["rounds"][0]["adjudicate"]) == (3, 3)
+    waiting = {a["task_id"]: a for a in facts["adjudication"]}
+    assert sorted(waiting) == sorted(b["task_id"] for b in batch[3:])
+    t3 = batch[3]["task_id"]
+    assert waiting[t3]["votes"] == "accept:1,reject:1"
+    assert waiting[t3]["link"] == f"mem://label-studio/projects/{ctx.project_id}/data?task={t3}"
+    code = {"accept": 0, "edit": 1, "reject": 2}
+    expected = krippendorff.alpha(reliability_data=np.array([[code[v] for v in a_votes], [code[v] for v in b_votes]]),
+                                  level_of_measurement="nominal", value_domain=[0, 1, 2])
+    agreement = facts["agreement"]
+    assert agreement["overall"] == {"units": 6, "alpha": round(expected, 4)}
+    assert agreement["rounds"] == [{"round": 1, "units": 6, "alpha": round(expected, 4)}]
+    [pair] = agreement["pairs"]
+    assert (pair["units"], pair["agree"], pair["alpha"]) == (6, 3, round(expected, 4))
+    assert sum(c["units"] for c in agreement["clusters"]) == 6
+    assert len(ctx.ledger.verified_pairs()) == 2  # the accept and the edit; ties are no pair yet
+
+    # the lead settles task 3 with an edit: it is decided, its target is the lead's, and alpha is unchanged
+    ctx.studio.annotate(t3, verdict="edit", text="the lead's rewrite", user_id=lead)
+    rounds.sync_verifications(ctx)
+    facts = status.facts(ctx.ledger)
+    assert sorted(a["task_id"] for a in facts["adjudication"]) == sorted(b["task_id"] for b in batch[4:])
+    assert facts["agreement"]["overall"]["alpha"] == round(expected, 4)
+    assert ("the lead's rewrite" in [t for _, t in ctx.ledger.verified_pairs()])
+    records = {r["id"]: r for r in export.from_ledger(ctx.ledger)}
+    settled = records[f"r1-p{batch[3]['pool_id']}"]
+    assert (settled["verdict"], settled["target"], settled["decided_by"]) == ("edit", "the lead's rewrite",
+                                                                              "adjudicator")
+    assert (settled["annotations"], settled["votes"]) == (2, "accept:1,reject:1")
+    agreed = records[f"r1-p{batch[1]['pool_id']}"]
+    assert (agreed["decided_by"], agreed["annotations"], agreed["votes"]) == ("majority", 2, "edit:2")
+    assert f"r1-p{batch[4]['pool_id']}" not in records  # still awaiting the lead: no verdict to export
+
+
+def test_overlap_and_adjudication_through_the_real_label_studio(tmp_path, small_pool, starter_model, studio):
+    from ml_backend.app import create_app
+
+    tag = uuid.uuid4().hex[:6]
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio, overlap=2, adjudicators=[f"lead-{tag}@example.org"])
+    settle(ctx)
+    assert studio._ls.projects.get(id=ctx.project_id).maximum_annotations == 2
+    ann, bob, lead = (studio.ensure_user(f"{n}-{tag}@example.org") for n in ("ann", "bob", "lead"))
+    batch = ctx.ledger.batch(1)
+    for i, item in enumerate(batch):
+        verify(ctx, item, "accept", ann)
+        if i == 0:
+            studio.skip(item["task_id"], user_id=bob)  # one of the two skipped: the other's verdict decides
+        else:
+            verify(ctx, item, "reject" if i == 1 else "accept", bob)
+    step = rounds.advance(ctx)
+    assert step.message == "round 1: all 6 verified"  # 5 by two people, 1 by one person and a skip
+    facts = status.facts(ctx.ledger)
+    [waiting] = facts["adjudication"]
+    assert waiting["task_id"] == batch[1]["task_id"] and waiting["votes"] == "accept:1,reject:1"
+    assert waiting["link"] == f"{studio.url}/projects/{ctx.project_id}/data?task={batch[1]['task_id']}"
+    assert facts["agreement"]["overall"]["units"] == 5
+    page = create_app(ctx.settings, ctx.ledger).test_client().get("/dashboard").get_data(as_text=True)
+    assert f'<a href="{waiting["link"]}">{batch[1]["task_id"]}</a>' in page
+    studio.annotate(batch[1]["task_id"], verdict="reject", text=batch[1]["draft"], user_id=lead)
+    rounds.sync_verifications(ctx)
+    assert status.facts(ctx.ledger)["adjudication"] == []
+    decision = ctx.ledger.decisions(1)[(1, batch[1]["pool_id"])][1]
+    assert (decision.verdict, decision.adjudicated) == ("reject", True)

@@ -1,12 +1,16 @@
 """An annotation team's traces beside the verdicts: skips (Label Studio's cancelled annotations), per item
-tallies of votes and skips, and the items a skip policy returned to the pool."""
+tallies of votes and skips, the items a skip policy returned to the pool, and each task's decision under
+the team's rule (overlap quota and adjudicators, recorded here by the loop so that status, the dashboard
+and the export, which read only the ledger, decide as the loop does)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
 from loop.ledger.core import Store, now, placeholders
+from loop.team import Decision, decide
 
 
 class TeamTables(Store):
@@ -101,3 +105,42 @@ class TeamTables(Store):
                 f" AND pool_id IN ({placeholders(len(ids))})",
                 [now(), round_id, *ids],
             ).rowcount
+
+    # --- the team's rule and the decisions it makes ----------------------------------------------------
+    def set_team_rule(self, quota: int, adjudicators: Iterable[str]) -> None:
+        """Record how tasks are decided: people wanted per task and whose annotation settles a dispute."""
+        value = json.dumps({"quota": int(quota), "adjudicators": sorted(adjudicators)})
+        if self.find_meta("team_rule") != value:  # the common case reads only
+            self.set_meta("team_rule", value)
+
+    def team_rule(self) -> tuple[int, list[str]]:
+        """(quota, adjudicators) as the loop last recorded them; (1, []) before it did."""
+        rule = json.loads(self.find_meta("team_rule") or '{"quota": 1, "adjudicators": []}')
+        return int(rule["quota"]), list(rule["adjudicators"])
+
+    def item_votes(self, round_id: int | None = None) -> list[dict]:
+        """Per verified item (round_id, pool_id): task id, cluster, draft, skips (people) and `rows`, its
+        verifications in force (annotation_id, verdict, target, annotator, updated_at), by annotation id."""
+        where, params = ("AND v.round_id = ?", [round_id]) if round_id is not None else ("", [])
+        rows = self._rows(
+            "SELECT v.annotation_id, v.round_id, v.pool_id, v.task_id, v.verdict, v.target, v.annotator,"
+            " v.updated_at, b.cluster, b.draft FROM verifications v LEFT JOIN batch_items b"
+            " ON b.round_id = v.round_id AND b.pool_id = v.pool_id"
+            f" WHERE v.withdrawn_at IS NULL {where} ORDER BY v.annotation_id", params)
+        skips = {(r[0], r[1]): r[2] for r in self.conn.execute(
+            "SELECT round_id, pool_id, count(DISTINCT coalesce(annotator, '#' || annotation_id)) FROM skips"
+            " WHERE withdrawn_at IS NULL GROUP BY round_id, pool_id")}
+        items: dict[tuple[int, int], dict] = {}
+        for r in rows:
+            key = (r["round_id"], r["pool_id"])
+            it = items.setdefault(key, {"round_id": key[0], "pool_id": key[1], "task_id": r["task_id"],
+                                        "cluster": r["cluster"], "draft": r["draft"], "skips": skips.get(key, 0),
+                                        "rows": []})
+            it["rows"].append({k: r[k] for k in ("annotation_id", "verdict", "target", "annotator", "updated_at")})
+        return list(items.values())
+
+    def decisions(self, round_id: int | None = None) -> dict[tuple[int, int], tuple[dict, Decision]]:
+        """(round_id, pool_id) -> (the item's votes, its Decision under the recorded team rule)."""
+        quota, adjudicators = self.team_rule()
+        return {(it["round_id"], it["pool_id"]): (it, decide(it["rows"], it["skips"], quota, adjudicators))
+                for it in self.item_votes(round_id)}

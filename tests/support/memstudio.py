@@ -505,6 +505,15 @@ class MemStudio:
         return out
 
     @_served
+    def set_overlap(self, project_id: int, annotations: int) -> None:
+        """Make every task of the project want `annotations` people (kept as the project's maximum_annotations)."""
+        self._project(project_id, f"get project {project_id}")["maximum_annotations"] = int(annotations)
+
+    def overlap(self, project_id: int) -> int:
+        """The project's maximum_annotations (1 until set_overlap)."""
+        return int(self._project(project_id, f"get project {project_id}").get("maximum_annotations", 1))
+
+    @_served
     def ensure_user(self, email: str) -> int:
         """The id of the user with this email, created if there is none."""
         for uid, name in self._users.items():
