@@ -1,4 +1,4 @@
-"""The command line: `labelloop init | ingest | run | demo | status`."""
+"""The command line: `labelloop init | ingest | run | demo | status | deadline | ...`."""
 
 from __future__ import annotations
 
@@ -171,20 +171,24 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
         console.print("no round yet")
     else:
         line = (f"current round {current['round']}: {current['state']}, verified "
-                f"{current['verified']}/{current['imported']}, {current['remaining']} remaining")
+                f"{current['verified']}/{current['imported']}, {current['skipped']} skipped,"
+                f" {current['remaining']} remaining")
+        if current["deadline"] and current["state"] in ("imported", "verifying"):
+            line += f"; closes at its deadline {current['deadline']}"
         if eta is not None:
             line += (f"; at {eta['per_hour']} per hour done by {eta['eta']}" if eta["eta"] else
                      "; no pace yet to estimate completion")
         console.print(line)
-    show("rounds", ["round", "state", "strategy", "learner", "teacher", "selected", "failed", "imported",
-                    "verified", "remaining", "accept", "edit", "reject", "error"],
-         [[r["round"], r["state"], r["strategy"], r["learner_version"], r["teacher"], r["selected"], r["failed"],
-           r["imported"], r["verified"], r["remaining"], pct(r["accept_rate"]), pct(r["edit_rate"]),
-           pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
-    show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "remaining", "accept",
-                                "edit", "reject"],
-         [[c["round"], c["cluster"], c["selected"], c["imported"], c["verified"], c["remaining"],
-           pct(c["accept_rate"]), pct(c["edit_rate"]), pct(c["reject_rate"])] for c in facts["clusters"]])
+    show("rounds", ["round", "state", "closed", "strategy", "learner", "teacher", "selected", "failed", "imported",
+                    "verified", "skipped", "returned", "remaining", "accept", "edit", "reject", "error"],
+         [[r["round"], r["state"], r["closed"], r["strategy"], r["learner_version"], r["teacher"], r["selected"],
+           r["failed"], r["imported"], r["verified"], r["skipped"], r["returned"], r["remaining"],
+           pct(r["accept_rate"]), pct(r["edit_rate"]), pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
+    show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "skipped", "remaining",
+                                "accept", "edit", "reject", "skip rate"],
+         [[c["round"], c["cluster"], c["selected"], c["imported"], c["verified"], c["skipped"], c["remaining"],
+           pct(c["accept_rate"]), pct(c["edit_rate"]), pct(c["reject_rate"]), pct(c["skip_rate"])]
+          for c in facts["clusters"]])
     threshold = facts["reject_threshold"]
     show(f"teacher rejection per cluster (flagged above {pct(threshold)})", ["cluster", "verified", "rejected",
                                                                              "rate", "flag"],
@@ -197,10 +201,26 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
          + [[f"subgroup {s['subgroup']}", s["pool"], s["selected"], s["labeled"], pct(s["coverage"])]
             for s in cov["subgroups"]])
     ann = facts["annotation"]
-    show("annotators (anonymised)", ["annotator", "annotations", "median lead time (s)", "per hour"],
-         [[a["annotator"], a["annotations"], a["median_lead_time_s"], a["per_hour"]] for a in ann["annotators"]]
-         + [["all", ann["overall"]["annotations"], ann["overall"]["median_lead_time_s"],
+    show("annotators (anonymised)", ["annotator", "annotations", "skips", "median lead time (s)", "per hour"],
+         [[a["annotator"], a["annotations"], a["skips"], a["median_lead_time_s"], a["per_hour"]]
+          for a in ann["annotators"]]
+         + [["all", ann["overall"]["annotations"], ann["overall"]["skips"], ann["overall"]["median_lead_time_s"],
              ann["overall"]["per_hour"]]])
+    agree = facts["agreement"]
+
+    def alpha(a: float | None) -> str:
+        return "n/a" if a is None else f"{a:.3f}"
+
+    show(f"agreement on verdicts (Krippendorff's alpha; {facts['team']['overlap']} annotations wanted per task)",
+         ["scope", "tasks two or more verified", "alpha", "agreed"],
+         [["all", agree["overall"]["units"], alpha(agree["overall"]["alpha"]), ""]]
+         + [[f"round {r['round']}", r["units"], alpha(r["alpha"]), ""] for r in agree["rounds"]]
+         + [[f"cluster {c['cluster']}", c["units"], alpha(c["alpha"]), ""] for c in agree["clusters"]]
+         + [[" & ".join(p["pair"]), p["units"], alpha(p["alpha"]), p["agree"]] for p in agree["pairs"]])
+    if facts["adjudication"]:
+        show("awaiting adjudication (a tie or a split: a lead's annotation decides)",
+             ["round", "cluster", "task", "votes", "open in Label Studio"],
+             [[a["round"], a["cluster"], a["task_id"], a["votes"], a["link"]] for a in facts["adjudication"]])
     usage = facts["teacher"]
     show("teacher usage", ["round", "calls", "attempts", "failures", "cached", "prompt tokens",
                            "completion tokens", "cost (USD)"],
@@ -237,6 +257,32 @@ def status(config: str | None) -> None:
     """
     settings = _settings(config)
     print_status(settings, _ledger_or_fail(settings))
+
+
+@main.command()
+@click.argument("round_id", type=int)
+@click.option("--hours", type=click.FloatRange(min=0), help="close the round this many hours from now")
+@click.option("--clear", is_flag=True, help="remove the deadline: the round waits for every task")
+@click.pass_obj
+def deadline(config: str | None, round_id: int, hours: float | None, clear: bool) -> None:
+    """Set or clear when a round closes with what is verified (the rest stays in Label Studio).
+
+    \b
+    Example:
+      labelloop deadline 3 --hours 2
+      labelloop deadline 3 --clear
+    """
+    from datetime import datetime, timedelta, timezone
+
+    if (hours is None) == (not clear):
+        raise click.UsageError("give --hours H or --clear")
+    ledger = _ledger_or_fail(_settings(config))
+    rnd = ledger.get_round(round_id)
+    if rnd["state"] in ("training", "done"):
+        raise click.UsageError(f"round {round_id} is already closed ({rnd['state']}); a deadline changes nothing")
+    at = None if clear else (datetime.now(timezone.utc) + timedelta(hours=hours)).isoformat(timespec="seconds")
+    ledger.set_round_deadline(round_id, at)
+    console.print(f"round {round_id}: " + (f"closes at {at}" if at else "no deadline"))
 
 
 def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_backend: bool = True) -> None:

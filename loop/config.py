@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loop.errors import ConfigError
-from loop.vocab import RUNTIMES, STRATEGIES, TASKS
+from loop.vocab import RUNTIMES, SKIP_POLICIES, STRATEGIES, TASKS
 
 INSTANCE_ENV = "LABELLOOP_INSTANCE"  # a nonce the backend's /health echoes: the run that started it knows it
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
@@ -188,6 +188,23 @@ class SchedulerSettings(_Section):
     max_backoff_seconds: float = Field(300.0, gt=0, description="longest wait after repeated failures")
 
 
+class TeamSettings(_Section):
+    """How an annotation team's work settles a round: skips, overlap, adjudication and deadlines."""
+
+    skip_policy: Literal[SKIP_POLICIES] = Field(
+        "retire", description="an item everyone assigned skipped, at its round's close: 'retire' keeps it out of"
+        " later rounds (a skip says the draft or guidelines do not serve it), 'return' puts it back in the pool")
+    overlap: int = Field(
+        1, ge=1, description="annotations wanted per task; the loop sets Label Studio's overlap"
+        " (maximum_annotations) to match. A task is settled when that many people verified or skipped it")
+    adjudicators: list[str] = Field(
+        default_factory=list, description="Label Studio users (emails) whose annotation on a task decides it"
+        " outright: the leads who settle ties and splits. Their verdicts count in no agreement figure")
+    deadline_hours: float | None = Field(
+        None, gt=0, description="a round closes this long after its import with what is verified by then; the"
+        " rest stays in Label Studio and counts when verified later. None: a round waits for every task")
+
+
 class Settings(BaseSettings):
     """Everything labelloop needs to run one project."""
 
@@ -208,6 +225,7 @@ class Settings(BaseSettings):
     studio: StudioSettings = StudioSettings()
     backend: BackendSettings = BackendSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    team: TeamSettings = TeamSettings()
 
     @field_validator("data_dir")
     @classmethod

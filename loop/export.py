@@ -25,6 +25,7 @@ from rapidfuzz.distance import Levenshtein
 from loop.errors import ExportError
 from loop.ledger import Ledger
 from loop.status import anonymise
+from loop.team import votes_text
 from loop.vocab import VERDICTS
 
 FORMATS = ("jsonl", "csv", "parquet", "hf")
@@ -36,6 +37,7 @@ FIELDS: dict[str, str] = {
     "subgroups": "string_list", "references": "string_list",
     "teacher_model": "string", "template": "string", "learner_version": "string", "informativeness": "float64",
     "annotator": "string", "lead_time_s": "float64", "created_at": "string", "updated_at": "string",
+    "skips": "int64", "annotations": "int64", "votes": "string", "decided_by": "string",
 }
 
 
@@ -66,7 +68,9 @@ def _strings(values: Any) -> list[str]:
 def _record(*, pool_id: int | None, round_: int | None, source: str, target: str | None, draft: str | None,
             verdict: str, cluster: Any, subgroup: Any, teacher: str | None, learner_version: str | None,
             score: Any, annotator: str | None, lead_time: Any, created_at: Any, updated_at: Any,
-            task_id: int | None = None, subgroups: Any = None, references: Any = None) -> dict:
+            task_id: int | None = None, subgroups: Any = None, references: Any = None,
+            skips: int | None = None, annotations: int | None = None, votes: str | None = None,
+            decided_by: str | None = None) -> dict:
     model, template = split_teacher(teacher)
     target = None if verdict == "reject" else target
     subgroups = _strings(subgroups) or _strings(subgroup)
@@ -81,6 +85,9 @@ def _record(*, pool_id: int | None, round_: int | None, source: str, target: str
         "informativeness": float(score) if score is not None else None, "annotator": annotator,
         "lead_time_s": float(lead_time) if lead_time is not None else None,
         "created_at": created_at, "updated_at": updated_at,
+        "skips": skips,  # people who skipped the item's task: a skip is information too
+        "annotations": annotations, "votes": votes,  # how many verified it, and how they voted
+        "decided_by": decided_by,  # single (one person per task), majority, adjudicator, or latest (--from-studio)
     }
 
 
@@ -97,18 +104,26 @@ def from_ledger(ledger: Ledger, *, rounds: Iterable[int] | None = None,
     """Export records from the ledger, optionally only some rounds and verdicts, in (round, pool id) order."""
     rounds, verdicts = _check_filters(rounds, verdicts)
     salt = ledger.annotator_salt()
-    rows = ledger.export_rows(rounds, verdicts)
+    quota = ledger.team_rule()[0]
+    decisions = ledger.decisions()
+    rows = ledger.export_rows(rounds)
     ids = [r["pool_id"] for r in rows]
     references, groups = ledger.references(ids), ledger.memberships(ids)
-    return [
-        _record(pool_id=r["pool_id"], round_=r["round_id"], source=r["source"], target=r["target"],
-                draft=r["draft"] if r["draft"] is not None else r["shown_draft"], verdict=r["verdict"],
-                cluster=r["cluster"], subgroup=r["subgroup"], teacher=r["teacher"],
-                learner_version=r["learner_version"], score=r["score"], annotator=anonymise(r["annotator"], salt),
-                lead_time=r["lead_time"], created_at=r["created_at"], updated_at=r["updated_at"],
-                subgroups=groups.get(r["pool_id"]), references=references.get(r["pool_id"]))
-        for r in rows
-    ]
+    out = []
+    for r in rows:
+        item, decision = decisions[(r["round_id"], r["pool_id"])]
+        if decision.status != "decided" or (verdicts is not None and decision.verdict not in verdicts):
+            continue  # an item still open or awaiting adjudication has no verdict yet
+        by = "adjudicator" if decision.adjudicated else "single" if quota == 1 else "majority"
+        out.append(_record(
+            pool_id=r["pool_id"], round_=r["round_id"], source=r["source"], target=decision.target,
+            draft=r["draft"] if r["draft"] is not None else r["shown_draft"], verdict=decision.verdict,
+            cluster=r["cluster"], subgroup=r["subgroup"], teacher=r["teacher"], learner_version=r["learner_version"],
+            score=r["score"], annotator=anonymise(r["annotator"], salt), lead_time=r["lead_time"],
+            created_at=r["created_at"], updated_at=r["updated_at"], skips=r["skips"], annotations=decision.voters,
+            votes=votes_text(decision.votes), decided_by=by, subgroups=groups.get(r["pool_id"]),
+            references=references.get(r["pool_id"])))
+    return out
 
 
 def from_studio(studio: Any, project_id: int, *, salt: str, rounds: Iterable[int] | None = None,
@@ -120,8 +135,11 @@ def from_studio(studio: Any, project_id: int, *, salt: str, rounds: Iterable[int
 
     rounds, verdicts = _check_filters(rounds, verdicts)
     latest: dict[int, dict] = {}
+    votes: dict[int, dict[str, int]] = {}
     for row in studio.export_annotations(project_id):
         latest[row["annotation"].task_id] = row  # rows come in annotation id order: the last one wins
+        counted = votes.setdefault(row["annotation"].task_id, {})
+        counted[row["annotation"].verdict] = counted.get(row["annotation"].verdict, 0) + 1
     out = []
     for row in latest.values():
         ann, data = row["annotation"], row["data"]
@@ -135,7 +153,8 @@ def from_studio(studio: Any, project_id: int, *, salt: str, rounds: Iterable[int
             subgroup=_first_group(data), subgroups=data.get("subgroups"), teacher=row["model_version"],
             learner_version=data.get("learner_version"),
             score=row["score"], annotator=anonymise(ann.annotator, salt), lead_time=ann.lead_time,
-            created_at=ann.created_at, updated_at=ann.updated_at,
+            created_at=ann.created_at, updated_at=ann.updated_at, annotations=sum(votes[ann.task_id].values()),
+            votes=votes_text(votes[ann.task_id]), decided_by="latest",
         ))
     out.sort(key=lambda r: (r["round"] is None, r["round"] or 0, r["id"]))
     return out

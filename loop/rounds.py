@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from loop import cluster as cluster_mod
 from loop import embed as embed_mod
-from loop import teacher
+from loop import teacher, team
 from loop.config import Settings
 from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
@@ -450,6 +451,66 @@ def _withdraw_confirmed(ledger: Ledger, studio: Studio, project_id: int, present
     return ledger.withdraw_annotations(gone)
 
 
+def _sync_skips(ctx: Context, task_ids: list[int] | None) -> int:
+    """Record the skips Label Studio holds (of `task_ids`, or all) and withdraw those it confirms are no
+    skip any more (deleted, or re-submitted as a verdict); returns the changes."""
+    ledger, studio, project_id = ctx.ledger, ctx.studio, ctx.project_id
+    skips = studio.skipped_annotations(project_id, task_ids)
+    rows = []
+    for k in skips:
+        parsed = parse_task_key(k.key)
+        if parsed is not None:
+            rows.append({"annotation_id": k.annotation_id, "task_id": k.task_id, "round_id": parsed[0],
+                         "pool_id": parsed[1], "annotator": k.annotator, "created_at": k.created_at,
+                         "updated_at": k.updated_at})
+    changed = ledger.record_skips(rows)
+    missing = ledger.absent_skips({k.annotation_id for k in skips}, task_ids, project_id=project_id)
+    if missing:
+        changed += ledger.withdraw_skips(studio.gone_skips(missing))
+    return changed
+
+
+def _quota(ctx: Context) -> int:
+    """How many people each task wants (Label Studio's overlap)."""
+    return ctx.settings.team.overlap
+
+
+def _deadline(ctx: Context, rnd: dict) -> datetime | None:
+    """When a verifying round closes with what is verified (None: it waits for every task). Set once, from
+    `team.deadline_hours`, as the round starts waiting for annotators; `labelloop deadline` moves or clears it."""
+    hours = ctx.settings.team.deadline_hours
+    if rnd["state"] == "imported" and rnd["deadline_at"] is None and hours is not None:
+        at = (datetime.now(timezone.utc) + timedelta(hours=hours)).isoformat(timespec="seconds")
+        ctx.ledger.set_round_deadline(rnd["id"], at)
+        return datetime.fromisoformat(at)
+    return datetime.fromisoformat(rnd["deadline_at"]) if rnd["deadline_at"] else None
+
+
+def _record_team(ctx: Context) -> None:
+    """Record the team's rule and where Label Studio is, for the readers that have only the ledger (status,
+    the dashboard, the export): they decide tasks as the loop does and link to the tasks to adjudicate."""
+    ctx.ledger.set_team_rule(ctx.settings.team.overlap, ctx.settings.team.adjudicators)
+    if ctx.studio is not None and ctx.project_id is not None:
+        where = f"{ctx.studio.url}/projects/{ctx.project_id}"
+        if ctx.ledger.find_meta("studio_project_url") != where:
+            ctx.ledger.set_meta("studio_project_url", where)
+
+
+def close_round(ctx: Context, round_id: int, reason: str) -> str:
+    """Move a verifying round to training, recording why (`complete` or `deadline`), and apply the skip
+    policy to the items every assigned annotator skipped; returns the line for people."""
+    ledger, s = ctx.ledger, ctx.settings
+    skipped = team.skipped_items(ledger.item_tallies(round_id))
+    with ledger.transaction():
+        if s.team.skip_policy == "return":
+            ledger.return_to_pool(round_id, skipped)
+        ledger.set_round_state(round_id, "training", expect="verifying", closed_reason=reason)
+    counts = team.tally(ledger.item_tallies(round_id), _quota(ctx))
+    policy = "returned to the pool" if s.team.skip_policy == "return" else "retired"
+    return (f"round {round_id}: closed ({reason}), {counts['verified']} verified, {counts['skipped']} skipped"
+            f" ({policy}), {counts['open']} still open")
+
+
 def sync_verifications(ctx: Context, *, full: bool = True) -> int:
     """Bring the ledger's verifications in line with Label Studio (idempotent); returns changes.
 
@@ -484,6 +545,7 @@ def sync_verifications(ctx: Context, *, full: bool = True) -> int:
         )
     changed = ledger.record_verifications(rows)
     changed += _withdraw_confirmed(ledger, ctx.studio, ctx.project_id, {a.annotation_id for a in annotations}, scope)
+    changed += _sync_skips(ctx, scope)
     ledger.mark_events_processed(up_to)
     if full:
         ledger.set_meta("last_full_sync", str(time.time()))
@@ -559,6 +621,7 @@ def advance(ctx: Context) -> Step:
     """Do the one next step of the newest round (or open a new one); return what happened."""
     ledger, s = ctx.ledger, ctx.settings
     current = ledger.find_current_round()
+    _record_team(ctx)
     if current is None or current["state"] == "done":
         # edits and deletions of earlier rounds keep arriving after the last round, and exports read them
         sync_verifications(ctx, full=_full_sync_due(ctx))
@@ -569,12 +632,15 @@ def advance(ctx: Context) -> Step:
             return Step("idle", "idle: pool exhausted")
         return Step("moved", f"round {round_id}: selected", round_id, "selected")
     round_id, state = current["id"], current["state"]
+    quota = _quota(ctx)
     if state == "selected":
         result = distill_round(ctx, round_id)
         ledger.set_round_state(round_id, "distilled", expect="selected")
         return Step("moved", f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)",
                     round_id, "distilled")
     if state == "distilled":
+        if ctx.studio is not None and ctx.project_id is not None:  # before the tasks arrive: each wants `quota`
+            ctx.studio.set_overlap(ctx.project_id, quota)
         n = import_round(ctx, round_id)
         ledger.set_round_state(round_id, "imported", expect="distilled")  # import_round recorded the project
         return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")
@@ -582,14 +648,21 @@ def advance(ctx: Context) -> Step:
         if state == "imported":  # a round left here by a crash: every task gets its draft (imports nothing new)
             import_round(ctx, round_id)
         sync_verifications(ctx, full=state == "imported" or _full_sync_due(ctx))
-        progress = ledger.round_progress(round_id)
+        counts = team.tally(ledger.item_tallies(round_id), quota)
         if state == "imported":
             ledger.set_round_state(round_id, "verifying", expect="imported")
-        if progress["verified"] >= progress["imported"]:  # an empty import (all drafts failed) is done too
-            ledger.set_round_state(round_id, "training", expect="verifying")
-            return Step("moved", f"round {round_id}: all {progress['verified']} verified", round_id, "training")
-        return Step("waiting", f"waiting: round {round_id} verified {progress['verified']}/{progress['imported']}",
-                    round_id, "verifying")
+        deadline = _deadline(ctx, current)
+        if counts["open"] and deadline is not None and datetime.now(timezone.utc) >= deadline:
+            return Step("moved", close_round(ctx, round_id, "deadline"), round_id, "training")
+        if counts["open"] == 0:  # every task verified or skipped by all assigned (an empty import is done too)
+            if counts["skipped"] == 0:
+                ledger.set_round_state(round_id, "training", expect="verifying", closed_reason="complete")
+                return Step("moved", f"round {round_id}: all {counts['verified']} verified", round_id, "training")
+            return Step("moved", close_round(ctx, round_id, "complete"), round_id, "training")
+        skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+        until = f", deadline {deadline.isoformat(timespec='seconds')}" if deadline is not None else ""
+        return Step("waiting", f"waiting: round {round_id} verified {counts['verified']}/{counts['imported']}"
+                    f"{skipped}{until}", round_id, "verifying")
     if state == "training":
         version = train_round(ctx, round_id)
         ledger.set_round_state(round_id, "done", expect="training")

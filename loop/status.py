@@ -13,10 +13,15 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from loop import team
 from loop.ledger import Ledger
 
 REJECT_THRESHOLD = 0.3  # a cluster whose teacher drafts are rejected more often than this is flagged
 MIN_VERIFIED = 5  # ... once at least this many of its items are verified (fewer is noise)
+# A rate per hour is given only over at least this many annotations spread over at least this long:
+# below that one fast or slow task decides it, and one annotation in 26 microseconds read 138,461,538/h.
+MIN_RATE_ANNOTATIONS = 3
+MIN_RATE_SPAN_S = 600.0
 
 
 def anonymise(annotator: str | None, salt: str) -> str | None:
@@ -38,6 +43,14 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def per_hour(count: int, span_s: float) -> float | None:
+    """`count` annotations over `span_s` seconds as a rate per hour, or None when too few or too short a
+    span to mean anything (MIN_RATE_ANNOTATIONS, MIN_RATE_SPAN_S)."""
+    if count < MIN_RATE_ANNOTATIONS or span_s < MIN_RATE_SPAN_S:
+        return None
+    return count * 3600 / span_s
+
+
 def _verdicts(row: dict) -> dict:
     """Counts plus accept/edit/reject rates over the verified items of a row."""
     verified = row["verified"]
@@ -49,29 +62,47 @@ def _verdicts(row: dict) -> dict:
     }
 
 
-def cluster_rows(ledger: Ledger) -> list[dict]:
-    """Per round and cluster: selected, imported, verified, remaining, verdicts and their rates."""
+COUNTS = ("selected", "failed", "imported", "verified", "skipped", "returned", "remaining", "adjudicate", "accept",
+          "edit", "reject")
+
+
+def cluster_rows(ledger: Ledger, quota: int = 1) -> list[dict]:
+    """Per round and cluster: selected, imported, verified (decided under the team's rule), awaiting
+    adjudication, skipped (every assigned annotator skipped), returned to the pool, remaining (still
+    waited for), the decided verdicts and their rates, skip rate."""
+    tallies: dict[tuple, list[dict]] = defaultdict(list)
+    for t in ledger.item_tallies():
+        tallies[(t["round_id"], t["cluster"])].append(t)
+    decided: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (round_id, _), (item, decision) in ledger.decisions().items():
+        verdicts = decided[(round_id, item["cluster"])]
+        verdicts[decision.verdict if decision.status == "decided" else decision.status] += 1
     out = []
     for r in ledger.cluster_progress():
-        row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported", "verified", "accept", "edit", "reject")}
+        row = {k: int(r[k] or 0) for k in ("selected", "failed", "imported")}
+        verdicts = decided[(r["round_id"], r["cluster"])]
+        row.update({v: verdicts[v] for v in ("accept", "edit", "reject", "adjudicate")})
+        row["verified"] = row["accept"] + row["edit"] + row["reject"]
+        counts = team.tally(tallies.get((r["round_id"], r["cluster"]), []), quota)
         row = {"round": r["round_id"], "cluster": r["cluster"], "clustering": r["clustering"], **row,
-               "remaining": max(row["imported"] - row["verified"], 0)}
-        out.append(_verdicts(row))
+               "skipped": counts["skipped"], "returned": counts["returned"], "remaining": counts["open"]}
+        out.append({**_verdicts(row), "skip_rate": _rate(row["skipped"], row["imported"])})
     return out
 
 
 def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
-    """Per round: state, strategy, learner, teacher, and the sums of its clusters' counts."""
+    """Per round: state, why it closed, strategy, learner, teacher, and the sums of its clusters' counts."""
     out = []
     for r in ledger.rounds():
         mine = [c for c in clusters if c["round"] == r["id"]]
-        sums = {k: sum(c[k] for c in mine)
-                for k in ("selected", "failed", "imported", "verified", "remaining", "accept", "edit", "reject")}
-        out.append(_verdicts({
-            "round": r["id"], "state": r["state"], "strategy": r["strategy"], "budget": r["budget"],
-            "learner_version": r["learner_version"], "teacher": ledger.find_meta(f"round:{r['id']}:model_version"),
-            "error": r["error"], "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,
-        }))
+        sums = {k: sum(c[k] for c in mine) for k in COUNTS}
+        out.append({**_verdicts({
+            "round": r["id"], "state": r["state"], "closed": r.get("closed_reason"), "deadline": r.get("deadline_at"),
+            "strategy": r["strategy"],
+            "budget": r["budget"], "learner_version": r["learner_version"],
+            "teacher": ledger.find_meta(f"round:{r['id']}:model_version"), "error": r["error"],
+            "created_at": r["created_at"], "updated_at": r["updated_at"], **sums,
+        }), "skip_rate": _rate(sums["skipped"], sums["imported"])})
     return out
 
 
@@ -113,8 +144,8 @@ def coverage(ledger: Ledger) -> dict:
 
 
 def annotators(ledger: Ledger) -> dict:
-    """Throughput per (anonymised) annotator and overall: annotations, median lead time, per hour
-    of wall-clock time between their first and last annotation."""
+    """Throughput per (anonymised) annotator and overall: annotations, skips, median lead time, and per
+    hour of wall-clock time between their first and last annotation (only over a span that means it)."""
     salt = ledger.annotator_salt()
     rows = ledger.annotation_times()
     by: dict[str | None, list[dict]] = defaultdict(list)
@@ -126,16 +157,46 @@ def annotators(ledger: Ledger) -> dict:
         starts = [parse_time(r["created_at"] or r["updated_at"]) for r in items]
         ends = [parse_time(r["updated_at"] or r["created_at"]) for r in items]
         starts, ends = [s for s in starts if s], [e for e in ends if e]
-        hours = (max(ends) - min(starts)).total_seconds() / 3600 if starts and ends else 0.0
+        span = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+        rate = per_hour(len(items), span)
         return {
             "annotations": len(items),
             "median_lead_time_s": round(statistics.median(leads), 2) if leads else None,
-            "per_hour": round(len(items) / hours, 2) if hours > 0 else None,
+            "per_hour": round(rate, 2) if rate is not None else None,
         }
 
-    people = [{"annotator": who, **summary(items)} for who, items in by.items()]
-    people.sort(key=lambda p: (-p["annotations"], p["annotator"] or ""))
-    return {"annotators": people, "overall": summary(rows)}
+    skips: dict[str | None, int] = defaultdict(int)
+    for k in ledger.skips():
+        skips[anonymise(k["annotator"], salt)] += 1
+    people = [{"annotator": who, **summary(by.get(who, [])), "skips": skips.get(who, 0)}
+              for who in {*by, *skips}]
+    people.sort(key=lambda p: (-p["annotations"], -p["skips"], p["annotator"] or ""))
+    return {"annotators": people, "overall": {**summary(rows), "skips": sum(skips.values())}}
+
+
+def agreement(ledger: Ledger, adjudicators: list[str]) -> dict:
+    """Krippendorff's alpha on verdicts per round, per cluster and per (anonymised) annotator pair, over
+    the tasks two or more people verified; None where undefined (no such task, or one verdict only)."""
+    salt = ledger.annotator_salt()
+    leads = {a.lower() for a in adjudicators}
+    items = [{"round_id": it["round_id"], "cluster": it["cluster"],
+              "rows": [{**r, "annotator": r["annotator"] if (r["annotator"] or "").lower() in leads
+                        else anonymise(r["annotator"], salt)} for r in it["rows"]]}
+             for it in ledger.item_votes()]
+    return team.agreement(items, adjudicators)
+
+
+def adjudication(ledger: Ledger) -> list[dict]:
+    """The tasks awaiting a lead's verdict (a tie or a split), oldest round first, with a link to each task
+    in Label Studio (when the loop has recorded where it is)."""
+    where = ledger.find_meta("studio_project_url")
+    out = []
+    for (round_id, pool_id), (item, decision) in sorted(ledger.decisions().items()):
+        if decision.status == "adjudicate":
+            out.append({"round": round_id, "pool_id": pool_id, "cluster": item["cluster"], "task_id": item["task_id"],
+                        "votes": team.votes_text(decision.votes), "voters": decision.voters,
+                        "link": f"{where}/data?task={item['task_id']}" if where else None})
+    return out
 
 
 def estimate(ledger: Ledger, round_row: dict | None, now: datetime) -> dict | None:
@@ -149,11 +210,11 @@ def estimate(ledger: Ledger, round_row: dict | None, now: datetime) -> dict | No
         return {"remaining": 0, "per_hour": None, "eta": now.isoformat(timespec="seconds"), "hours_left": 0.0}
     starts = [t for r in mine if (t := parse_time(r["created_at"] or r["updated_at"]))]
     ends = [t for r in mine if (t := parse_time(r["updated_at"] or r["created_at"]))]
-    if len(mine) < 2 or not starts or not ends or max(ends) <= min(starts):
+    rate = per_hour(len(mine), (max(ends) - min(starts)).total_seconds()) if starts and ends else None
+    if rate is None:
         return {"remaining": remaining, "per_hour": None, "eta": None, "hours_left": None}
-    per_hour = len(mine) / ((max(ends) - min(starts)).total_seconds() / 3600)
-    hours_left = remaining / per_hour
-    return {"remaining": remaining, "per_hour": round(per_hour, 2), "hours_left": round(hours_left, 2),
+    hours_left = remaining / rate
+    return {"remaining": remaining, "per_hour": round(rate, 2), "hours_left": round(hours_left, 2),
             "eta": (now + timedelta(hours=hours_left)).isoformat(timespec="seconds")}
 
 
@@ -184,7 +245,8 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
           min_verified: int = MIN_VERIFIED) -> dict:
     """Everything `labelloop status` and the dashboard show, as one JSON-ready dict."""
     now = now or datetime.now(timezone.utc)
-    clusters = cluster_rows(ledger)
+    quota, adjudicators = ledger.team_rule()
+    clusters = cluster_rows(ledger, quota)
     rounds = round_rows(ledger, clusters)
     current = rounds[-1] if rounds else None
     from loop.scorer import contribution_rows
@@ -200,6 +262,9 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
         "reject_threshold": reject_threshold,
         "coverage": coverage(ledger),
         "annotation": annotators(ledger),
+        "team": {"overlap": quota, "adjudicators": len(adjudicators)},
+        "agreement": agreement(ledger, adjudicators),
+        "adjudication": adjudication(ledger),
         "teacher": teacher(ledger, rounds),
         "learners": learners(ledger),
         "r_attributes": contribution_rows(ledger),  # a several-attribute R: each attribute's share per round

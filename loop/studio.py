@@ -83,6 +83,22 @@ class Annotation:
     created_at: str | None = None
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A skipped task: Label Studio's cancelled annotation (the Skip button), by whom and when."""
+
+    annotation_id: int
+    task_id: int
+    key: str
+    annotator: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+def _stamp(value: Any) -> str | None:
+    return value if isinstance(value, str) or value is None else value.isoformat()
+
+
 def _norm(s: str | None) -> str:
     return " ".join((s or "").split())
 
@@ -339,6 +355,17 @@ class Studio:
             "total_predictions_number",
         )
         return {f: int(getattr(project, f, None) or 0) for f in fields}
+
+    def set_overlap(self, project_id: int, annotations: int) -> None:
+        """Make every task of the project want `annotations` people (Label Studio's maximum_annotations,
+        applied to all tasks: overlap_cohort_percentage 100); a no-op when it already does."""
+        with _calling(f"get project {project_id}"):
+            project = self._ls.projects.get(id=project_id)
+        if (project.maximum_annotations, project.overlap_cohort_percentage) == (annotations, 100):
+            return
+        with _calling(f"set overlap {annotations} on project {project_id}"):
+            self._ls.projects.update(id=project_id, maximum_annotations=annotations, overlap_cohort_percentage=100)
+        log.info("project %s: each task now wants %d annotations", project_id, annotations)
 
     # ------------------------------------------------------------------ tasks
 
@@ -618,6 +645,52 @@ class Studio:
             created_at=created if isinstance(created, str) or created is None else created.isoformat(),
         )
 
+    def skipped_annotations(self, project_id: int, task_ids: list[int] | None = None) -> list[Skip]:
+        """Every skip (cancelled annotation) of the tasks carrying a labelloop_key, or of the given tasks
+        only, by annotation id. Label Studio's `total_annotations` leaves skips out, so these tasks are
+        read with a filter of their own (`cancelled_annotations > 0`)."""
+        items = [{"filter": "filter:tasks:cancelled_annotations", "operator": "greater", "type": "Number",
+                  "value": 0}]
+        wanted = None
+        if task_ids is not None:
+            if not task_ids:
+                return []
+            wanted = {int(t) for t in task_ids}
+            items += _id_range_query(wanted)["filters"]["items"]
+        query = {"filters": {"conjunction": "and", "items": items}}
+        out: list[Skip] = []
+        for task in self._iter_tasks(project_id, "list skipped tasks", query=query, fields="all",
+                                     include=_ANNOTATION_INCLUDE):
+            key = (task.data or {}).get(KEY_FIELD)
+            if key is None or (wanted is not None and int(task.id) not in wanted):
+                continue
+            for ann in task.annotations or []:
+                if not isinstance(ann, dict):
+                    ann = ann.model_dump() if hasattr(ann, "model_dump") else dict(ann)
+                if ann.get("was_cancelled"):
+                    out.append(Skip(int(ann["id"]), int(task.id), str(key), self._annotator(ann),
+                                    _stamp(ann.get("created_at")), _stamp(ann.get("updated_at"))))
+        out.sort(key=lambda k: k.annotation_id)
+        return out
+
+    def gone_skips(self, annotation_ids: list[int]) -> set[int]:
+        """The skips among these that Label Studio confirms are no skip any more: deleted (404) or
+        re-submitted as a verdict."""
+        gone: set[int] = set()
+        for annotation_id in sorted({int(a) for a in annotation_ids}):
+            try:
+                with _calling(f"get annotation {annotation_id}"):
+                    ann = self._ls.annotations.get(id=annotation_id)
+            except StudioError as exc:
+                if exc.status != 404:
+                    raise
+                gone.add(annotation_id)
+                continue
+            body = ann if isinstance(ann, dict) else ann.model_dump()
+            if not body.get("was_cancelled"):
+                gone.add(annotation_id)
+        return gone
+
     def gone_annotations(self, annotation_ids: list[int]) -> set[int]:
         """The annotations among these that Label Studio confirms hold no verification any more: deleted
         (GET answers 404, as it does once their task or project is deleted), now a skip, or left without
@@ -663,9 +736,11 @@ class Studio:
         out.sort(key=lambda r: r["annotation"].annotation_id)
         return out
 
-    def annotate(self, task_id: int, *, verdict: str, text: str, comment: str | None = None) -> int:
+    def annotate(self, task_id: int, *, verdict: str, text: str, comment: str | None = None,
+                 user_id: int | None = None) -> int:
         """Create an annotation the way the UI would (the response region started from the task's
-        latest prediction, a verdict choice, an optional comment); used by simulated annotators."""
+        latest prediction, a verdict choice, an optional comment), as `user_id` (default: the key's
+        owner); used by simulated annotators."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         with _calling(f"get task {task_id}"):
@@ -674,9 +749,33 @@ class Studio:
         parent = max((int(p["id"]) for p in predictions if p.get("id") is not None), default=None)
         result = annotation_result(verdict, text, comment, from_prediction=parent is not None)
         kwargs: dict[str, Any] = {"result": result, "lead_time": 1.0}
+        if user_id is not None:
+            kwargs["completed_by"] = int(user_id)
         if parent is not None:
             kwargs["parent_prediction"] = parent
         with _calling(f"annotate task {task_id}"):
+            ann = self._ls.annotations.create(id=task_id, request_options=NO_RETRY, **kwargs)
+        return int(ann.id)
+
+    def ensure_user(self, email: str) -> int:
+        """The id of the user with this email, created (without a password) if there is none: simulated
+        annotators and tests act as several people."""
+        with _calling("list users"):
+            for user in self._ls.users.list():
+                if (user.email or "").lower() == email.lower():
+                    return int(user.id)
+        with _calling(f"create user {email}"):
+            user = self._ls.users.create(email=email, username=email.split("@")[0])
+        self._users = None
+        return int(user.id)
+
+    def skip(self, task_id: int, *, user_id: int | None = None) -> int:
+        """Skip a task as the labeling stream's Skip button does (a cancelled annotation with no result),
+        as `user_id` (default: the key's owner); used by simulated annotators and tests."""
+        kwargs: dict[str, Any] = {"result": [], "was_cancelled": True}
+        if user_id is not None:
+            kwargs["completed_by"] = int(user_id)
+        with _calling(f"skip task {task_id}"):
             ann = self._ls.annotations.create(id=task_id, request_options=NO_RETRY, **kwargs)
         return int(ann.id)
 

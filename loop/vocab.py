@@ -12,6 +12,15 @@ from __future__ import annotations
 VERDICTS = ("accept", "edit", "reject")
 USABLE_VERDICTS = ("accept", "edit")  # the verdicts that make a training pair
 
+# What happens at a round's close to an item every annotator assigned to it skipped: `retire` keeps it
+# out of later rounds (the default: a skip says the draft or the guidelines do not serve the item, and
+# sending it again costs teacher calls and annotators' time for a likely second skip); `return` puts it
+# back into the pool, selectable by a later round with the newer learner.
+SKIP_POLICIES = ("retire", "return")
+
+# Why a round left `verifying`: every task settled (verified or skipped by all assigned), or its deadline.
+CLOSE_REASONS = ("complete", "deadline")
+
 # How a round picks its batch (loop/select.py): the paper's strategy first, then its baselines.
 STRATEGIES = ("stratified", "random", "global_top", "cluster_random")
 RANDOM_STRATEGIES = ("random", "cluster_random")  # top-ups draw at random for these, by score otherwise

@@ -23,7 +23,7 @@ from loop.ledger import Ledger
 from ml_backend.state import get_backend, get_ledger
 
 REFRESH_S = 30  # app.config['DASHBOARD_REFRESH_S'] overrides it
-COLORS = {"accept": "#2e7d32", "edit": "#f9a825", "reject": "#c62828", "remaining": "#b0bec5",
+COLORS = {"accept": "#2e7d32", "edit": "#f9a825", "reject": "#c62828", "skipped": "#8e24aa", "remaining": "#b0bec5",
           "failed": "#6d4c41", "labeled": "#1565c0", "pool": "#cfd8dc"}
 
 PAGE = """<!doctype html>
@@ -51,8 +51,11 @@ PAGE = """<!doctype html>
  <div class="tile"><div class="v" id="current-state">{{ c.state }}</div><div class="k">state</div></div>
  <div class="tile"><div class="v" id="current-verified">{{ c.verified }} / {{ c.imported }}</div>
   <div class="k">verified / imported</div></div>
+ <div class="tile"><div class="v" id="current-skipped">{{ c.skipped }}</div><div class="k">skipped</div></div>
  <div class="tile"><div class="v" id="current-remaining">{{ c.remaining }}</div><div class="k">remaining</div></div>
  <div class="tile"><div class="v" id="eta">{{ eta }}</div><div class="k">estimated completion</div></div>
+ {% if c.deadline and c.state in ('imported', 'verifying') %}<div class="tile"><div class="v" id="deadline">
+  {{ c.deadline }}</div><div class="k">deadline: the round closes with what is verified</div></div>{% endif %}
  {% else %}<div class="tile"><div class="v" id="current-round">none</div><div class="k">no round yet</div></div>
  {% endif %}
  <div class="tile"><div class="v" id="teacher-cost">${{ "%.4f"|format(f.teacher.total.cost) }}</div>
@@ -70,22 +73,49 @@ PAGE = """<!doctype html>
  <figcaption>{{ caption }}</figcaption></figure>
  {% endfor %}
 </div>
-<table id="rounds"><tr><th>round</th><th>state</th><th>learner</th><th>selected</th><th>imported</th>
- <th>verified</th><th>remaining</th><th>accept</th><th>edit</th><th>reject</th></tr>
+<table id="rounds"><tr><th>round</th><th>state</th><th>closed</th><th>learner</th><th>selected</th><th>imported</th>
+ <th>verified</th><th>skipped</th><th>returned</th><th>remaining</th><th>accept</th><th>edit</th><th>reject</th></tr>
  {% for r in f.rounds %}<tr data-round="{{ r.round }}"><td>{{ r.round }}</td><td>{{ r.state }}</td>
- <td>{{ r.learner_version }}</td><td>{{ r.selected }}</td><td>{{ r.imported }}</td><td>{{ r.verified }}</td>
+ <td>{{ r.closed or '' }}</td><td>{{ r.learner_version }}</td><td>{{ r.selected }}</td><td>{{ r.imported }}</td>
+ <td>{{ r.verified }}</td><td class="skipped">{{ r.skipped }}</td><td>{{ r.returned }}</td>
  <td>{{ r.remaining }}</td><td>{{ r.accept }}</td><td>{{ r.edit }}</td><td>{{ r.reject }}</td></tr>{% endfor %}
 </table>
-<table id="annotators"><tr><th>annotator</th><th>annotations</th><th>median lead time (s)</th><th>per hour</th></tr>
+<table id="clusters"><tr><th>round</th><th>cluster</th><th>imported</th><th>verified</th><th>skipped</th>
+ <th>skip rate</th><th>remaining</th></tr>
+ {% for c in f.clusters %}<tr data-round="{{ c.round }}" data-cluster="{{ c.cluster }}"><td>{{ c.round }}</td>
+ <td>{{ c.cluster }}</td><td>{{ c.imported }}</td><td>{{ c.verified }}</td><td class="skipped">{{ c.skipped }}</td>
+ <td>{{ '%.0f%%'|format(100 * c.skip_rate) if c.skip_rate is not none else '' }}</td><td>{{ c.remaining }}</td>
+ </tr>{% endfor %}
+</table>
+<table id="agreement"><tr><th>agreement (Krippendorff's alpha)</th><th>tasks two or more verified</th>
+ <th>alpha</th></tr>
+ <tr data-scope="all"><td>all ({{ f.team.overlap }} wanted per task)</td><td>{{ f.agreement.overall.units }}</td>
+ <td class="alpha">{{ alpha(f.agreement.overall.alpha) }}</td></tr>
+ {% for r in f.agreement.rounds %}<tr data-scope="round-{{ r.round }}"><td>round {{ r.round }}</td>
+ <td>{{ r.units }}</td><td class="alpha">{{ alpha(r.alpha) }}</td></tr>{% endfor %}
+ {% for c in f.agreement.clusters %}<tr data-scope="cluster-{{ c.cluster }}"><td>cluster {{ c.cluster }}</td>
+ <td>{{ c.units }}</td><td class="alpha">{{ alpha(c.alpha) }}</td></tr>{% endfor %}
+ {% for p in f.agreement.pairs %}<tr data-scope="pair"><td>{{ p.pair|join(' & ') }}</td><td>{{ p.units }}</td>
+ <td class="alpha">{{ alpha(p.alpha) }}</td></tr>{% endfor %}
+</table>
+<table id="adjudication"><tr><th>awaiting adjudication: round</th><th>cluster</th><th>task</th><th>votes</th></tr>
+ {% for a in f.adjudication %}<tr data-task="{{ a.task_id }}"><td>{{ a.round }}</td><td>{{ a.cluster }}</td>
+ <td>{% if a.link %}<a href="{{ a.link }}">{{ a.task_id }}</a>{% else %}{{ a.task_id }}{% endif %}</td>
+ <td>{{ a.votes }}</td></tr>{% else %}<tr><td colspan="4">none</td></tr>{% endfor %}
+</table>
+<table id="annotators"><tr><th>annotator</th><th>annotations</th><th>skips</th><th>median lead time (s)</th>
+ <th>per hour</th></tr>
  {% for a in f.annotation.annotators %}<tr><td>{{ a.annotator }}</td><td>{{ a.annotations }}</td>
+ <td class="skips">{{ a.skips }}</td>
  <td>{{ a.median_lead_time_s if a.median_lead_time_s is not none else '' }}</td>
- <td>{{ a.per_hour if a.per_hour is not none else '' }}</td></tr>{% endfor %}
+ <td class="per-hour">{{ a.per_hour if a.per_hour is not none else ('too few to rate' if a.annotations else '') }}</td>
+ </tr>{% endfor %}
 </table>
 </body></html>
 """
 
 PLOTS = (
-    ("progress", "Progress per round: verified, still open in Label Studio, teacher failures"),
+    ("progress", "Progress per round: verified, skipped, still open in Label Studio, teacher failures"),
     ("verdicts", "Verdicts per cluster, all rounds (red label: teacher flagged for that cluster)"),
     ("learner", "Learner metrics across versions"),
     ("coverage", "Labeled share of every cluster and subgroup of the pool"),
@@ -104,13 +134,13 @@ def _empty(ax, what: str) -> None:
 
 
 def plot_progress(f: dict, ax) -> None:
-    """Stacked bars per round: verified (by verdict), remaining, teacher failures."""
+    """Stacked bars per round: verified (by verdict), skipped, remaining, teacher failures."""
     rounds = f["rounds"]
     if not rounds:
         return _empty(ax, "no rounds yet")
     xs = [str(r["round"]) for r in rounds]
     bottom = [0] * len(rounds)
-    for key in ("accept", "edit", "reject", "remaining", "failed"):
+    for key in ("accept", "edit", "reject", "skipped", "remaining", "failed"):
         values = [r[key] for r in rounds]
         ax.bar(xs, values, bottom=bottom, color=COLORS[key], label=key)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
@@ -198,6 +228,7 @@ def page() -> str:
         eta="done" if eta and eta["remaining"] == 0 else (eta["eta"] if eta and eta["eta"] else "n/a"),
         lead=f"{lead:g} s" if lead is not None else "n/a",
         flagged=[str(t["cluster"]) for t in f["teacher_fit"] if t["flagged"]],
+        alpha=lambda a: "n/a" if a is None else f"{a:.3f}",
     )
 
 
@@ -244,7 +275,7 @@ class _LedgerCollector:
         yield current
         batch = GaugeMetricFamily("labelloop_batch_items", "Items of the current round's batch by stage",
                                   labels=["stage"])
-        for stage in ("selected", "failed", "imported", "verified", "remaining"):
+        for stage in ("selected", "failed", "imported", "verified", "skipped", "remaining"):
             batch.add_metric([stage], f["current"][stage] if f["current"] else 0)
         yield batch
         verdicts = GaugeMetricFamily("labelloop_verdicts", "Verified items by their latest verdict",
@@ -252,6 +283,25 @@ class _LedgerCollector:
         for verdict in ("accept", "edit", "reject"):
             verdicts.add_metric([verdict], sum(r[verdict] for r in f["rounds"]))
         yield verdicts
+        skipped = GaugeMetricFamily("labelloop_skipped_items", "Items every assigned annotator skipped",
+                                    labels=["round", "cluster"])
+        for c in f["clusters"]:
+            skipped.add_metric([str(c["round"]), str(c["cluster"])], c["skipped"])
+        yield skipped
+        skips = GaugeMetricFamily("labelloop_annotator_skips", "Skips per (anonymised) annotator",
+                                  labels=["annotator"])
+        for a in f["annotation"]["annotators"]:
+            skips.add_metric([a["annotator"] or "unknown"], a["skips"])
+        yield skips
+        alpha = GaugeMetricFamily("labelloop_agreement_alpha", "Krippendorff's alpha on verdicts per round",
+                                  labels=["round"])
+        for r in f["agreement"]["rounds"]:
+            if r["alpha"] is not None:
+                alpha.add_metric([str(r["round"])], r["alpha"])
+        yield alpha
+        waiting = GaugeMetricFamily("labelloop_awaiting_adjudication", "Tasks awaiting a lead's verdict")
+        waiting.add_metric([], len(f["adjudication"]))
+        yield waiting
         usage = f["teacher"]["total"]
         for key, help_ in (("calls", "Items sent to the teacher"), ("attempts", "Teacher HTTP requests"),
                            ("failures", "Items the teacher gave no valid output for"),

@@ -128,8 +128,9 @@ def test_dashboard_in_headless_chromium(dashboard, tmp_path):
         assert text("teacher-cost") == "$0.0120" and text("median-lead") == "20 s"
         rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
                 for tr in driver.find_elements(By.CSS_SELECTOR, "#rounds tr[data-round]")]
-        assert rows == [["1", "done", "v0", "6", "6", "6", "0", "2", "2", "2"],
-                        ["2", "verifying", "v1", "6", "5", "4", "1", "1", "1", "2"]]
+        # round, state, closed, learner, selected, imported, verified, skipped, returned, remaining, verdicts
+        assert rows == [["1", "done", "", "v0", "6", "6", "6", "0", "0", "0", "2", "2", "2"],
+                        ["2", "verifying", "", "v1", "6", "5", "4", "0", "0", "1", "1", "1", "2"]]
         shown = driver.find_element(By.ID, "annotators").text
         assert status.anonymise("bob@example.org", ledger.annotator_salt()) in shown and "example.org" not in shown
         images = driver.find_elements(By.CSS_SELECTOR, ".plots img")

@@ -59,7 +59,8 @@ def test_a_record_carries_the_pair_and_its_provenance(ledger):
         "references": ["ref 3"],
         "teacher_model": "gpt-4o", "template": "style_transfer@2", "learner_version": "v0",
         "informativeness": 0.87, "annotator": status.anonymise("bob@example.org", salt), "lead_time_s": 40.0,
-        "created_at": "2026-03-01T09:20:00Z", "updated_at": "2026-03-01T09:20:40Z",
+        "created_at": "2026-03-01T09:20:00Z", "updated_at": "2026-03-01T09:20:40Z", "skips": 0,
+        "annotations": 1, "votes": "edit:1", "decided_by": "single",
     }
     assert records["r1-p9"]["verdict"] == "edit"  # the later annotation wins
     assert records["r2-p5"]["learner_version"] == "v1"

@@ -83,8 +83,8 @@ def test_annotators_are_anonymised_with_throughput_and_median_lead_time(ledger, 
     alice, bob = (status.anonymise(f"{n}@example.org", salt) for n in ("alice", "bob"))
     # alice: 6 annotations from 03-01 09:00:00 to 03-02 10:40:20 (25.672 h); lead times 10 10 12 15 20 20
     assert facts["annotation"]["annotators"] == [
-        {"annotator": alice, "annotations": 6, "median_lead_time_s": 13.5, "per_hour": 0.23},
-        {"annotator": bob, "annotations": 5, "median_lead_time_s": 40.0, "per_hour": 0.19},
+        {"annotator": alice, "annotations": 6, "median_lead_time_s": 13.5, "per_hour": 0.23, "skips": 0},
+        {"annotator": bob, "annotations": 5, "median_lead_time_s": 40.0, "per_hour": 0.19, "skips": 0},
     ]
     assert facts["annotation"]["overall"]["median_lead_time_s"] == 20.0
     assert "example.org" not in repr(facts)
@@ -118,7 +118,7 @@ def test_status_command_prints_the_facts(ledger, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["status"], terminal_width=200)
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "current round 2: verifying, verified 4/5, 1 remaining" in out
+    assert "current round 2: verifying, verified 4/5, 0 skipped, 1 remaining" in out
     assert "teacher does not suit this cluster" in out
     assert "0.0120" in out and "task_score" in out and "0.610" in out
     assert status.anonymise("alice@example.org", ledger.annotator_salt()) in out

@@ -2,8 +2,8 @@
 
 `Ledger(path)` opens (and migrates) the file. It is composed of one class per table group, each in
 its own module: pool (items, embeddings, clusters, scores), rounds (rounds, batches, top-ups),
-teacher (cache and accounting), verifications, models (learner versions), events (webhooks) and
-reports (read-only joins for status and export); core holds the connection, transactions and
+teacher (cache and accounting), verifications, team (skips, tallies), models (learner versions),
+events (webhooks) and reports (read-only joins for status and export); core holds the connection, transactions and
 migrations, schema the numbered migrations.
 
 Verbs mean one thing throughout: `get_*` returns a row or raises `NotFound`, `find_*` returns a row
@@ -23,12 +23,13 @@ from loop.ledger.reports import ReportViews
 from loop.ledger.rounds import RoundTables
 from loop.ledger.schema import SCHEMA_VERSION
 from loop.ledger.teacher import TeacherTables
+from loop.ledger.team import TeamTables
 from loop.ledger.verifications import VerificationTables
 
 __all__ = ["SCHEMA_VERSION", "Ledger", "LedgerError", "NotFound", "StaleState", "now", "row_id"]
 
 
 class Ledger(
-    PoolTables, RoundTables, TeacherTables, VerificationTables, ModelTables, EventTables, ReportViews
+    PoolTables, RoundTables, TeacherTables, VerificationTables, ModelTables, EventTables, ReportViews, TeamTables
 ):
     """The loop's state in one SQLite file; `Ledger(path)` creates or migrates it (idempotent)."""

@@ -157,11 +157,13 @@ class PoolTables(Store):
         return [by_id[i] for i in ids if i in by_id]
 
     def unsent_pool_ids(self) -> list[int]:
-        """Pool ids never placed in any round's batch: the candidates for selection."""
+        """Pool ids in no round's batch, or only in batches that returned them (a skip policy): the
+        candidates for selection."""
         return [
             r[0]
             for r in self.conn.execute(
-                "SELECT id FROM pool WHERE id NOT IN (SELECT pool_id FROM batch_items) ORDER BY id"
+                "SELECT id FROM pool WHERE id NOT IN (SELECT pool_id FROM batch_items WHERE returned_at IS NULL)"
+                " ORDER BY id"
             )
         ]
 

@@ -37,7 +37,8 @@ class ReportViews(Store):
             " SELECT c.cluster, p.subgroup, count(*) AS pool, count(b.pool_id) AS selected,"
             " count(CASE WHEN l.verdict IN ('accept', 'edit') THEN 1 END) AS labeled"
             " FROM pool p LEFT JOIN clusters c ON c.pool_id = p.id"
-            " LEFT JOIN batch_items b ON b.pool_id = p.id LEFT JOIN latest l ON l.pool_id = p.id"
+            " LEFT JOIN (SELECT DISTINCT pool_id FROM batch_items) b ON b.pool_id = p.id"  # a returned item twice
+            " LEFT JOIN latest l ON l.pool_id = p.id"
             " GROUP BY c.cluster, p.subgroup ORDER BY c.cluster, p.subgroup"
         )
 
@@ -55,7 +56,9 @@ class ReportViews(Store):
             " SELECT l.pool_id, l.annotation_id, l.task_id, l.round_id, l.verdict, l.target, l.draft AS shown_draft,"
             " l.annotator, l.lead_time, l.created_at, l.updated_at, p.text AS source, p.subgroup,"
             " b.cluster, b.score, b.draft, r.learner_version,"
-            " (SELECT value FROM meta WHERE key = 'round:' || l.round_id || ':model_version') AS teacher"
+            " (SELECT value FROM meta WHERE key = 'round:' || l.round_id || ':model_version') AS teacher,"
+            " (SELECT count(*) FROM skips s WHERE s.round_id = l.round_id AND s.pool_id = l.pool_id"
+            "  AND s.withdrawn_at IS NULL) AS skips"
             " FROM latest l JOIN pool p ON p.id = l.pool_id JOIN rounds r ON r.id = l.round_id"
             " LEFT JOIN batch_items b ON b.round_id = l.round_id AND b.pool_id = l.pool_id"
         )

@@ -75,6 +75,12 @@ class RoundTables(Store):
         with self.transaction() as conn:
             conn.execute("UPDATE rounds SET project_id = ?, updated_at = ? WHERE id = ?", [project_id, now(), round_id])
 
+    def set_round_deadline(self, round_id: int, deadline_at: str | None) -> None:
+        """Set (or, with None, clear) when a verifying round closes with what is verified by then (ISO 8601 UTC)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE rounds SET deadline_at = ?, updated_at = ? WHERE id = ?",
+                         [deadline_at, now(), round_id])
+
     def set_round_error(self, round_id: int, error: str | None) -> None:
         """Record (or, with None, clear) the last failure of a round's step, for the status page."""
         with self.transaction() as conn:

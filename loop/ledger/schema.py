@@ -212,6 +212,24 @@ def m006_clustering_versions(conn: sqlite3.Connection) -> None:
             [stored[0]],
         )
         conn.execute("UPDATE rounds SET clustering = 1")
+def m007_team(conn: sqlite3.Connection) -> None:
+    """A real annotation team: skips (Label Studio's cancelled annotations) per task and annotator; a
+    skipped item can return to the pool (so one pool item may sit in several rounds' batches); a round
+    may close at a deadline, and records why it closed."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS skips (annotation_id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL,"
+        " round_id INTEGER NOT NULL, pool_id INTEGER NOT NULL, annotator TEXT, created_at TEXT, updated_at TEXT,"
+        " synced_at TEXT NOT NULL, withdrawn_at TEXT)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS skips_item ON skips(round_id, pool_id)")
+    add_column(conn, "batch_items", "returned_at", "TEXT")  # the skip policy gave it back to the pool
+    # an item is in one round's batch at a time; one the skip policy returned may be selected again
+    conn.execute("DROP INDEX IF EXISTS batch_items_pool")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS batch_items_pool_open ON batch_items(pool_id)"
+                 " WHERE returned_at IS NULL")
+    conn.execute("CREATE INDEX IF NOT EXISTS batch_items_pool_id ON batch_items(pool_id)")
+    add_column(conn, "rounds", "deadline_at", "TEXT")
+    add_column(conn, "rounds", "closed_reason", "TEXT")
 
 
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
@@ -223,6 +241,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (4, "learner version gate", m004_version_gate),
     (5, "several references and groups per item", m005_references_and_groups),
     (6, "clustering versions with centroids", m006_clustering_versions),
+    (7, "skips, returned items, round deadlines", m007_team),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from loop.ledger.core import Store, now, placeholders
+from loop.vocab import USABLE_VERDICTS
 
 
 class VerificationTables(Store):
@@ -109,15 +110,15 @@ class VerificationTables(Store):
         return self._rows(sql + " ORDER BY annotation_id", params)
 
     def verified_pairs(self) -> list[tuple[str, str]]:
-        """(source, target) for every accepted or edited item; one pair per pool item (latest annotation)."""
-        rows = self.conn.execute(
-            "SELECT p.text, v.target FROM verifications v JOIN pool p ON p.id = v.pool_id"
-            " WHERE v.verdict IN ('accept', 'edit') AND v.annotation_id = ("
-            "   SELECT max(annotation_id) FROM verifications v2 WHERE v2.pool_id = v.pool_id"
-            "   AND v2.withdrawn_at IS NULL)"
-            " ORDER BY v.pool_id"
-        ).fetchall()
-        return [(r[0], r[1]) for r in rows]
+        """(source, target) for every item decided accept or edit under the team's rule (`decisions`); one
+        pair per pool item, from its newest decided round. With one person per task: its latest annotation."""
+        best: dict[int, tuple[int, str | None]] = {}
+        for (_, pool_id), (item, decision) in self.decisions().items():
+            newest = item["rows"][-1]["annotation_id"]
+            if decision.status == "decided" and newest > best.get(pool_id, (-1, None))[0]:
+                best[pool_id] = (newest, decision.target if decision.verdict in USABLE_VERDICTS else None)
+        texts = {p["id"]: p["text"] for p in self.pool_items(sorted(best))}
+        return [(texts[pid], target) for pid, (_, target) in sorted(best.items()) if target is not None]
 
     def round_progress(self, round_id: int) -> dict:
         """Counts for one round: selected, distilled, failed, imported, verified, and verdicts."""

@@ -6,7 +6,7 @@ regions the real client sends. What the client reads back goes through loop/stud
 (`Studio._task_payload` for validation, `Studio._parse_annotation` for verdict, text and draft), so
 `loop.rounds.advance` sees what it would see against a real server, in microseconds.
 
-Test-only extras, none of which the real client has: `update_annotation`, `delete_annotation`, `skip`
+Test-only extras, none of which the real client has: `update_annotation`, `delete_annotation`
 and `delete_task` (what annotators and admins do in the UI), `import_raw` (tasks imported as they are:
 an admin's import, or the late commit of an import whose answer was lost), `fail_next` (crash points:
 a call that fails before or after taking effect), `drop_predictions_next_import` (the bulk-import retry
@@ -38,6 +38,7 @@ from loop.studio import (
     VERDICTS,
     WEBHOOK_ACTIONS,
     Annotation,
+    Skip,
     Studio,
     StudioError,
     TaskCopy,
@@ -123,6 +124,7 @@ class MemStudio:
         self._annotations: dict[int, dict] = {}
         self._backends: dict[int, dict] = {}
         self._webhooks: dict[int, dict] = {}
+        self._users: dict[int, str] = {USER_ID: username}
 
     def __repr__(self) -> str:
         return f"MemStudio({len(self._projects)} projects, {len(self._tasks)} tasks)"
@@ -302,7 +304,7 @@ class MemStudio:
         uid = ann.get("completed_by")
         if uid is None:
             return None
-        return self.username if int(uid) == USER_ID else str(uid)
+        return self._users.get(int(uid), str(uid))
 
     def _parse(self, ann: dict, task_id: int, key: str, draft: str) -> Annotation | None:
         # the client's own parser: it reads nothing of its instance but `_annotator`, which this class has
@@ -334,7 +336,8 @@ class MemStudio:
             if any(not a["was_cancelled"] for a in self._task_annotations(t["id"]))
         ]
 
-    def _new_annotation(self, task_id: int, result: list[dict], was_cancelled: bool, parent: int | None) -> int:
+    def _new_annotation(self, task_id: int, result: list[dict], was_cancelled: bool, parent: int | None,
+                        user_id: int | None = None) -> int:
         aid = self._new_id("annotation")
         now = self._now()
         self._annotations[aid] = {
@@ -342,7 +345,7 @@ class MemStudio:
             "task": int(task_id),
             "result": result,
             "was_cancelled": was_cancelled,
-            "completed_by": USER_ID,
+            "completed_by": USER_ID if user_id is None else int(user_id),
             "lead_time": 1.0 if not was_cancelled else None,
             "parent_prediction": parent,
             "created_at": now,
@@ -502,22 +505,66 @@ class MemStudio:
         return out
 
     @_served
-    def annotate(self, task_id: int, *, verdict: str, text: str, comment: str | None = None) -> int:
+    def set_overlap(self, project_id: int, annotations: int) -> None:
+        """Make every task of the project want `annotations` people (kept as the project's maximum_annotations)."""
+        self._project(project_id, f"get project {project_id}")["maximum_annotations"] = int(annotations)
+
+    def overlap(self, project_id: int) -> int:
+        """The project's maximum_annotations (1 until set_overlap)."""
+        return int(self._project(project_id, f"get project {project_id}").get("maximum_annotations", 1))
+
+    @_served
+    def ensure_user(self, email: str) -> int:
+        """The id of the user with this email, created if there is none."""
+        for uid, name in self._users.items():
+            if name.lower() == email.lower():
+                return uid
+        uid = max(self._users) + 1
+        self._users[uid] = email
+        return uid
+
+    @_served
+    def skipped_annotations(self, project_id: int, task_ids: list[int] | None = None) -> list[Skip]:
+        """Every skip of the keyed tasks (or of the given tasks only), by annotation id."""
+        self._project(project_id, f"list skipped tasks (project {project_id}, tasks after id 0)")
+        if task_ids is not None and not task_ids:
+            return []
+        wanted = None if task_ids is None else {int(t) for t in task_ids}
+        out = []
+        for task in self._project_tasks(project_id):
+            key = task["data"].get(KEY_FIELD)
+            if key is None or (wanted is not None and task["id"] not in wanted):
+                continue
+            for ann in self._task_annotations(task["id"]):
+                if ann["was_cancelled"]:
+                    out.append(Skip(ann["id"], task["id"], str(key), self._annotator(ann), ann["created_at"],
+                                    ann["updated_at"]))
+        return sorted(out, key=lambda k: k.annotation_id)
+
+    @_served
+    def gone_skips(self, annotation_ids: list[int]) -> set[int]:
+        """The skips among these that are deleted or re-submitted as a verdict."""
+        return {int(a) for a in annotation_ids
+                if int(a) not in self._annotations or not self._annotations[int(a)]["was_cancelled"]}
+
+    @_served
+    def annotate(self, task_id: int, *, verdict: str, text: str, comment: str | None = None,
+                 user_id: int | None = None) -> int:
         """Create an annotation as Studio.annotate sends it (response region from the latest prediction,
-        a verdict choice, an optional comment); returns its id."""
+        a verdict choice, an optional comment), as `user_id`; returns its id."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         self._task(task_id, f"get task {task_id}")
         parent = max((p["id"] for p in self._task_predictions(int(task_id))), default=None)
         result = annotation_result(verdict, text, comment, from_prediction=parent is not None)
-        return self._new_annotation(int(task_id), result, was_cancelled=False, parent=parent)
+        return self._new_annotation(int(task_id), result, was_cancelled=False, parent=parent, user_id=user_id)
 
     @_served
-    def skip(self, task_id: int) -> int:
+    def skip(self, task_id: int, *, user_id: int | None = None) -> int:
         """Skip a task as the labeling stream's Skip button does: an annotation with was_cancelled=True
         and no result, which Label Studio counts as skipped and completed_annotations leaves out."""
         self._task(task_id, f"skip task {task_id}")
-        return self._new_annotation(int(task_id), [], was_cancelled=True, parent=None)
+        return self._new_annotation(int(task_id), [], was_cancelled=True, parent=None, user_id=user_id)
 
     @_served
     def update_annotation(self, annotation_id: int, *, verdict: str | None = None, text: str | None = None) -> None:

@@ -1,0 +1,398 @@
+"""A real annotation team: skips, deadlines, overlap and agreement.
+
+Round logic runs on the in-memory Label Studio (milliseconds); what Label Studio itself must do (a
+skip by another user, the overlap setting, several people on one task) runs through the real server
+of the session, with users created through its API.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from loop import export, rounds, status
+from loop.config import load_settings
+from loop.ledger import Ledger
+from loop.service import ensure_pool
+from tests.support.memstudio import MemStudio
+
+
+def make_ctx(tmp_path, small_pool, starter_model, studio, **team) -> rounds.Context:
+    settings = load_settings(
+        data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
+        learner__epochs=1, cluster__k=3, select__budget=6, scheduler__reconcile_seconds=0,
+        **{f"team__{k}": v for k, v in team.items()},
+    )
+    ledger = Ledger(settings.ledger_path)
+    ensure_pool(settings, ledger)
+    project = studio.ensure_project(f"team {uuid.uuid4().hex[:8]}", settings.label_config_path.read_text())
+    return rounds.Context(settings, ledger, studio, project_id=project)
+
+
+@pytest.fixture
+def mem_ctx(tmp_path, small_pool, starter_model):
+    return lambda **team: make_ctx(tmp_path, small_pool, starter_model, MemStudio(), **team)
+
+
+def settle(ctx: rounds.Context, limit: int = 20) -> rounds.Step:
+    """Advance until the loop waits or idles; returns the last step."""
+    for _ in range(limit):
+        step = rounds.advance(ctx)
+        if step.settled:
+            return step
+    raise AssertionError("the loop did not settle")
+
+
+def advance_until(ctx: rounds.Context, state: str, limit: int = 10) -> rounds.Step:
+    for _ in range(limit):
+        step = rounds.advance(ctx)
+        if step.state == state:
+            return step
+    raise AssertionError(f"round never reached {state!r}")
+
+
+def verify(ctx: rounds.Context, item: dict, verdict: str = "accept", user: int | None = None) -> int:
+    text = item["draft"] + " (edited)" if verdict == "edit" else item["draft"]
+    return ctx.studio.annotate(item["task_id"], verdict=verdict, text=text, user_id=user)
+
+
+# ------------------------------------------------------------------------------------------------ skips
+
+
+def test_a_skipped_task_no_longer_stalls_the_round_and_is_counted_everywhere(mem_ctx):
+    ctx = mem_ctx()
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    batch = ctx.ledger.batch(1)
+    carol = ctx.studio.ensure_user("carol@example.org")
+    for item in batch[1:]:
+        verify(ctx, item)
+    ctx.studio.skip(batch[0]["task_id"], user_id=carol)
+    step = rounds.advance(ctx)  # before: "waiting: round 1 verified 5/6" for ever
+    assert (step.kind, step.state) == ("moved", "training")
+    assert step.message == "round 1: closed (complete), 5 verified, 1 skipped (retired), 0 still open"
+    assert ctx.ledger.get_round(1)["closed_reason"] == "complete"
+
+    facts = status.facts(ctx.ledger)
+    assert (facts["rounds"][0]["skipped"], facts["rounds"][0]["remaining"]) == (1, 0)
+    cluster = next(c for c in facts["clusters"] if c["cluster"] == batch[0]["cluster"])
+    assert cluster["skipped"] == 1 and cluster["skip_rate"] == pytest.approx(1 / cluster["imported"])
+    people = {a["annotator"]: a for a in facts["annotation"]["annotators"]}
+    carol_id = status.anonymise("carol@example.org", ctx.ledger.annotator_salt())
+    assert people[carol_id]["skips"] == 1 and people[carol_id]["annotations"] == 0
+    assert facts["annotation"]["overall"]["skips"] == 1
+    # retired (the default): never selected again
+    assert batch[0]["pool_id"] not in ctx.ledger.unsent_pool_ids()
+
+
+def test_the_return_policy_puts_a_skipped_item_back_into_the_pool_for_a_later_round(mem_ctx):
+    ctx = mem_ctx(skip_policy="return")
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    skipped = batch[0]["pool_id"]
+    for item in batch[1:]:
+        verify(ctx, item)
+    ctx.studio.skip(batch[0]["task_id"])
+    step = rounds.advance(ctx)
+    assert step.message.endswith("1 skipped (returned to the pool), 0 still open")
+    assert skipped in ctx.ledger.unsent_pool_ids()
+    assert status.facts(ctx.ledger)["rounds"][0]["returned"] == 1
+    # the item can sit in a later round's batch (the one-batch-at-a-time index allows a returned item)
+    ctx.ledger.create_round(strategy="stratified", budget=1, learner_version="v0",
+                            items=[{"pool_id": skipped, "cluster": 0, "score": 1.0}])
+    assert skipped not in ctx.ledger.unsent_pool_ids()
+
+
+def test_a_skip_resubmitted_as_a_verdict_is_withdrawn_and_a_late_verdict_still_counts(mem_ctx):
+    ctx = mem_ctx()
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    skip = ctx.studio.skip(batch[0]["task_id"])
+    assert "1 skipped" in settle(ctx).message
+    ctx.studio.update_annotation(skip, verdict="accept", text=batch[0]["draft"])
+    assert "skipped" not in settle(ctx).message  # the skip became a verdict: no longer counted as one
+    assert ctx.ledger.skips() == [] and status.facts(ctx.ledger)["rounds"][0]["verified"] == 1
+
+
+def test_export_carries_how_many_skipped_an_item(mem_ctx):
+    ctx = mem_ctx()
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    ctx.studio.skip(batch[0]["task_id"], user_id=ctx.studio.ensure_user("dan@example.org"))
+    verify(ctx, batch[0])  # someone else verified it after the skip
+    verify(ctx, batch[1])
+    settle(ctx)
+    records = {r["id"]: r for r in export.from_ledger(ctx.ledger)}
+    assert records[f"r1-p{batch[0]['pool_id']}"]["skips"] == 1
+    assert records[f"r1-p{batch[1]['pool_id']}"]["skips"] == 0
+
+
+def test_a_skip_by_another_user_in_the_real_label_studio_closes_the_round(tmp_path, small_pool, starter_model,
+                                                                          studio):
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    batch = ctx.ledger.batch(1)
+    erin = studio.ensure_user(f"erin-{uuid.uuid4().hex[:6]}@example.org")
+    for item in batch[1:]:
+        verify(ctx, item)
+    studio.skip(batch[0]["task_id"], user_id=erin)
+    assert studio.counts(ctx.project_id)["skipped_annotations_number"] == 1
+    step = rounds.advance(ctx)
+    assert (step.state, step.message) == ("training", "round 1: closed (complete), 5 verified, 1 skipped (retired),"
+                                                      " 0 still open")
+    skips = ctx.ledger.skips()
+    assert [(k["task_id"], k["annotator"].startswith("erin-")) for k in skips] == [(batch[0]["task_id"], True)]
+
+
+def test_the_dashboard_and_metrics_show_skips_per_round_cluster_and_annotator(mem_ctx):
+    from ml_backend.app import create_app
+
+    ctx = mem_ctx()
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    ctx.studio.skip(batch[0]["task_id"], user_id=ctx.studio.ensure_user("fay@example.org"))
+    settle(ctx)
+    client = create_app(ctx.settings, ctx.ledger).test_client()
+    page = client.get("/dashboard").get_data(as_text=True)
+    assert '<div class="v" id="current-skipped">1</div>' in page and '<td class="skips">1</td>' in page
+    metrics = client.get("/metrics").get_data(as_text=True)
+    fay = status.anonymise("fay@example.org", ctx.ledger.annotator_salt())
+    assert 'labelloop_batch_items{stage="skipped"} 1.0' in metrics
+    assert f'labelloop_skipped_items{{cluster="{batch[0]["cluster"]}",round="1"}} 1.0' in metrics
+    assert f'labelloop_annotator_skips{{annotator="{fay}"}} 1.0' in metrics
+
+
+# --------------------------------------------------------------------------------------------- deadlines
+
+
+def past(hours: float = 1.0) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) - timedelta(hours=hours)).isoformat(timespec="seconds")
+
+
+def test_a_round_closes_at_its_deadline_and_later_verdicts_still_count(mem_ctx):
+    ctx = mem_ctx(deadline_hours=24)
+    waiting = settle(ctx)
+    deadline = ctx.ledger.get_round(1)["deadline_at"]
+    assert deadline is not None and waiting.message == f"waiting: round 1 verified 0/6, deadline {deadline}"
+    batch = ctx.ledger.batch(1)
+    verify(ctx, batch[0])
+    verify(ctx, batch[1], "edit")
+    ctx.studio.skip(batch[2]["task_id"])
+    assert rounds.advance(ctx).kind == "waiting"  # before the deadline the round waits
+    ctx.ledger.set_round_deadline(1, past())
+    step = rounds.advance(ctx)
+    assert (step.state, step.message) == ("training", "round 1: closed (deadline), 2 verified, 1 skipped (retired),"
+                                                      " 3 still open")
+    assert ctx.ledger.get_round(1)["closed_reason"] == "deadline"
+    assert rounds.advance(ctx).state == "done"
+    assert len(ctx.ledger.verified_pairs()) == 2
+    # a straggler verifies an open task of the closed round: it counts, and blocks nothing
+    verify(ctx, batch[3])
+    step = rounds.advance(ctx)
+    assert (step.round_id, step.state) == (2, "selected")
+    facts = status.facts(ctx.ledger)
+    assert (facts["rounds"][0]["verified"], facts["rounds"][0]["remaining"]) == (3, 2)
+    assert len(ctx.ledger.verified_pairs()) == 3
+
+
+def test_without_a_deadline_a_round_waits_for_every_task(mem_ctx):
+    ctx = mem_ctx()
+    settle(ctx)
+    verify(ctx, ctx.ledger.batch(1)[0])
+    assert settle(ctx).message == "waiting: round 1 verified 1/6"
+    assert ctx.ledger.get_round(1)["deadline_at"] is None
+
+
+def test_a_deadline_passes_in_the_real_label_studio(tmp_path, small_pool, starter_model, studio):
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio, deadline_hours=8)
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    verify(ctx, batch[0], "reject")
+    verify(ctx, batch[1])
+    ctx.ledger.set_round_deadline(1, past())
+    step = rounds.advance(ctx)
+    assert step.message == "round 1: closed (deadline), 2 verified, 0 skipped (retired), 4 still open"
+    assert studio.counts(ctx.project_id)["task_number"] == 6  # the open tasks stay in Label Studio
+    assert rounds.advance(ctx).state == "done"
+    verify(ctx, batch[2], "edit")  # verified after the close
+    assert rounds.advance(ctx).round_id == 2
+    assert status.facts(ctx.ledger)["rounds"][0]["verified"] == 3
+
+
+def test_a_lead_sets_and_clears_a_deadline_from_the_command_line(mem_ctx):
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    ctx = mem_ctx()
+    settle(ctx)
+    config = ctx.settings.data_dir / "team.json"
+    config.write_text(ctx.settings.model_dump_json())
+    out = CliRunner().invoke(main, ["-c", str(config), "deadline", "1", "--hours", "2"])
+    assert out.exit_code == 0 and out.output.startswith("round 1: closes at ")
+    assert ctx.ledger.get_round(1)["deadline_at"] is not None
+    assert ", deadline " in settle(ctx).message
+    out = CliRunner().invoke(main, ["-c", str(config), "deadline", "1", "--clear"])
+    assert (out.exit_code, out.output.strip()) == (0, "round 1: no deadline")
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    out = CliRunner().invoke(main, ["-c", str(config), "deadline", "9", "--hours", "1"])
+    assert out.exit_code == 1 and "no round 9" in out.output
+
+
+# -------------------------------------------------------------------------------------------- throughput
+
+
+def _times(ledger: Ledger, stamps: list[tuple[str, str]], annotator: str = "gil@example.org") -> None:
+    """Verifications of round 1's batch by one annotator at the given (created_at, updated_at)."""
+    batch = ledger.batch(1)
+    ledger.record_verifications([
+        {"annotation_id": 100 + i, "task_id": item["task_id"], "round_id": 1, "pool_id": item["pool_id"],
+         "verdict": "accept", "target": item["draft"], "updated_at": updated, "created_at": created,
+         "annotator": annotator, "lead_time": 1.0}
+        for i, (item, (created, updated)) in enumerate(zip(batch, stamps, strict=False))
+    ])
+
+
+@pytest.mark.parametrize(("stamps", "rate"), [
+    # one annotation in 26 microseconds: was 138,461,538 per hour
+    ([("2026-03-01T09:00:00.000000Z", "2026-03-01T09:00:00.000026Z")], None),
+    # three in two minutes: too short a span to extrapolate to an hour
+    ([("2026-03-01T09:00:00Z", "2026-03-01T09:00:30Z"), ("2026-03-01T09:01:00Z", "2026-03-01T09:01:30Z"),
+      ("2026-03-01T09:01:40Z", "2026-03-01T09:02:00Z")], None),
+    # three over twenty minutes: 9 per hour
+    ([("2026-03-01T09:00:00Z", "2026-03-01T09:01:00Z"), ("2026-03-01T09:10:00Z", "2026-03-01T09:11:00Z"),
+      ("2026-03-01T09:19:00Z", "2026-03-01T09:20:00Z")], 9.0),
+])
+def test_throughput_is_given_only_over_a_span_that_means_something(mem_ctx, stamps, rate):
+    from ml_backend.app import create_app
+
+    ctx = mem_ctx()
+    settle(ctx)
+    _times(ctx.ledger, stamps)
+    facts = status.facts(ctx.ledger)
+    [person] = facts["annotation"]["annotators"]
+    assert person["per_hour"] == rate and facts["annotation"]["overall"]["per_hour"] == rate
+    assert facts["estimate"]["per_hour"] == rate and (facts["estimate"]["eta"] is None) == (rate is None)
+    page = create_app(ctx.settings, ctx.ledger).test_client().get("/dashboard").get_data(as_text=True)
+    assert f'<td class="per-hour">{rate if rate is not None else "too few to rate"}</td>' in page
+
+
+# ------------------------------------------------------------------------------- overlap and agreement
+
+
+def vote(annotation_id: int, annotator: str, verdict: str, target: str | None = "t") -> dict:
+    return {"annotation_id": annotation_id, "annotator": annotator, "verdict": verdict,
+            "target": None if verdict == "reject" else target, "updated_at": None}
+
+
+@pytest.mark.parametrize(("rows", "skips", "quota", "want"), [
+    # one person per task: the latest verdict decides (a correction by the same or another person)
+    ([vote(1, "a", "accept"), vote(2, "b", "edit", "new")], 0, 1, ("decided", "edit", "new")),
+    # two wanted, one so far: open; with the other's skip it settles on the one verdict
+    ([vote(1, "a", "accept")], 0, 2, ("open", None, None)),
+    ([vote(1, "a", "accept")], 1, 2, ("decided", "accept", "t")),
+    # two who disagree: a tie goes to adjudication, accept vs edit included
+    ([vote(1, "a", "accept"), vote(2, "b", "reject")], 0, 2, ("adjudicate", None, None)),
+    ([vote(1, "a", "accept"), vote(2, "b", "edit", "x")], 0, 2, ("adjudicate", None, None)),
+    # three: a majority wins, its latest edit is the target; an accept/edit/reject split is adjudicated
+    ([vote(1, "a", "edit", "x"), vote(2, "b", "accept"), vote(3, "c", "edit", "y")], 0, 3, ("decided", "edit", "y")),
+    ([vote(1, "a", "edit", "x"), vote(2, "b", "accept"), vote(3, "c", "reject")], 0, 3, ("adjudicate", None, None)),
+    ([vote(1, "a", "reject"), vote(2, "b", "reject"), vote(3, "c", "edit", "y")], 0, 3, ("decided", "reject", None)),
+    # one person's two annotations are one vote (their newest)
+    ([vote(1, "a", "reject"), vote(2, "a", "accept"), vote(3, "b", "accept")], 0, 2, ("decided", "accept", "t")),
+    # the adjudicator decides outright, whatever the votes
+    ([vote(1, "a", "accept"), vote(2, "b", "reject"), vote(3, "Lead@x.org", "edit", "z")], 0, 2,
+     ("decided", "edit", "z")),
+    ([], 2, 2, ("skipped", None, None)),
+])
+def test_the_verdict_rule(rows, skips, quota, want):
+    from loop.team import decide
+
+    d = decide(rows, skips, quota, adjudicators=["lead@x.org"])
+    assert (d.status, d.verdict, d.target) == want
+
+
+def test_overlap_two_majority_adjudication_and_agreement_on_the_memory_studio(mem_ctx):
+    import krippendorff
+    import numpy as np
+
+    ctx = mem_ctx(overlap=2, adjudicators=["lead@example.org"])
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    assert ctx.studio.overlap(ctx.project_id) == 2  # Label Studio's maximum_annotations follows team.overlap
+    batch = ctx.ledger.batch(1)
+    ann, bob, lead = (ctx.studio.ensure_user(f"{n}@example.org") for n in ("ann", "bob", "lead"))
+    a_votes = ["accept", "edit", "reject", "accept", "accept", "edit"]
+    b_votes = ["accept", "edit", "reject", "reject", "reject", "accept"]
+    for item, verdict in zip(batch, a_votes, strict=True):
+        verify(ctx, item, verdict, ann)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"  # each task wants a second person
+    for item, verdict in zip(batch, b_votes, strict=True):
+        verify(ctx, item, verdict, bob)
+    assert rounds.advance(ctx).message == "round 1: all 6 verified"  # settled; 3 ties wait for the lead
+
+    facts = status.facts(ctx.ledger)
+    assert (facts["rounds"][0]["verified"], facts["rounds"][0]["adjudicate"]) == (3, 3)
+    waiting = {a["task_id"]: a for a in facts["adjudication"]}
+    assert sorted(waiting) == sorted(b["task_id"] for b in batch[3:])
+    t3 = batch[3]["task_id"]
+    assert waiting[t3]["votes"] == "accept:1,reject:1"
+    assert waiting[t3]["link"] == f"mem://label-studio/projects/{ctx.project_id}/data?task={t3}"
+    code = {"accept": 0, "edit": 1, "reject": 2}
+    expected = krippendorff.alpha(reliability_data=np.array([[code[v] for v in a_votes], [code[v] for v in b_votes]]),
+                                  level_of_measurement="nominal", value_domain=[0, 1, 2])
+    agreement = facts["agreement"]
+    assert agreement["overall"] == {"units": 6, "alpha": round(expected, 4)}
+    assert agreement["rounds"] == [{"round": 1, "units": 6, "alpha": round(expected, 4)}]
+    [pair] = agreement["pairs"]
+    assert (pair["units"], pair["agree"], pair["alpha"]) == (6, 3, round(expected, 4))
+    assert sum(c["units"] for c in agreement["clusters"]) == 6
+    assert len(ctx.ledger.verified_pairs()) == 2  # the accept and the edit; ties are no pair yet
+
+    # the lead settles task 3 with an edit: it is decided, its target is the lead's, and alpha is unchanged
+    ctx.studio.annotate(t3, verdict="edit", text="the lead's rewrite", user_id=lead)
+    rounds.sync_verifications(ctx)
+    facts = status.facts(ctx.ledger)
+    assert sorted(a["task_id"] for a in facts["adjudication"]) == sorted(b["task_id"] for b in batch[4:])
+    assert facts["agreement"]["overall"]["alpha"] == round(expected, 4)
+    assert ("the lead's rewrite" in [t for _, t in ctx.ledger.verified_pairs()])
+    records = {r["id"]: r for r in export.from_ledger(ctx.ledger)}
+    settled = records[f"r1-p{batch[3]['pool_id']}"]
+    assert (settled["verdict"], settled["target"], settled["decided_by"]) == ("edit", "the lead's rewrite",
+                                                                              "adjudicator")
+    assert (settled["annotations"], settled["votes"]) == (2, "accept:1,reject:1")
+    agreed = records[f"r1-p{batch[1]['pool_id']}"]
+    assert (agreed["decided_by"], agreed["annotations"], agreed["votes"]) == ("majority", 2, "edit:2")
+    assert f"r1-p{batch[4]['pool_id']}" not in records  # still awaiting the lead: no verdict to export
+
+
+def test_overlap_and_adjudication_through_the_real_label_studio(tmp_path, small_pool, starter_model, studio):
+    from ml_backend.app import create_app
+
+    tag = uuid.uuid4().hex[:6]
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio, overlap=2, adjudicators=[f"lead-{tag}@example.org"])
+    settle(ctx)
+    assert studio._ls.projects.get(id=ctx.project_id).maximum_annotations == 2
+    ann, bob, lead = (studio.ensure_user(f"{n}-{tag}@example.org") for n in ("ann", "bob", "lead"))
+    batch = ctx.ledger.batch(1)
+    for i, item in enumerate(batch):
+        verify(ctx, item, "accept", ann)
+        if i == 0:
+            studio.skip(item["task_id"], user_id=bob)  # one of the two skipped: the other's verdict decides
+        else:
+            verify(ctx, item, "reject" if i == 1 else "accept", bob)
+    step = rounds.advance(ctx)
+    assert step.message == "round 1: all 6 verified"  # 5 by two people, 1 by one person and a skip
+    facts = status.facts(ctx.ledger)
+    [waiting] = facts["adjudication"]
+    assert waiting["task_id"] == batch[1]["task_id"] and waiting["votes"] == "accept:1,reject:1"
+    assert waiting["link"] == f"{studio.url}/projects/{ctx.project_id}/data?task={batch[1]['task_id']}"
+    assert facts["agreement"]["overall"]["units"] == 5
+    page = create_app(ctx.settings, ctx.ledger).test_client().get("/dashboard").get_data(as_text=True)
+    assert f'<a href="{waiting["link"]}">{batch[1]["task_id"]}</a>' in page
+    studio.annotate(batch[1]["task_id"], verdict="reject", text=batch[1]["draft"], user_id=lead)
+    rounds.sync_verifications(ctx)
+    assert status.facts(ctx.ledger)["adjudication"] == []
+    decision = ctx.ledger.decisions(1)[(1, batch[1]["pool_id"])][1]
+    assert (decision.verdict, decision.adjudicated) == ("reject", True)
