@@ -188,8 +188,11 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(
     pool = tmp_path / "pool.tsv"
     lines = (ROOT / "data/paradetox/pool.tsv").read_text().splitlines()[:41]
     pool.write_text("\n".join(lines) + "\n")
+    # the starter as configs/local.toml runs it (bare texts, short targets): the kill window below (0 to 1.2 s)
+    # is sized for that much round work; at 128 tokens a looping starter never finishes scoring inside it
     ctx = new_context(tmp_path, studio, label_studio, pool__path=str(pool), cluster__k=2, select__budget=4,
-                      learner__base_model=str(starter_model), learner__epochs=1)
+                      learner__base_model=str(starter_model), learner__epochs=1, learner__instruction=False,
+                      learner__max_target_tokens=48)
     ingest(ctx.ledger, pool, text_col="text", reference_col="reference")
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(ctx.settings.model_dump(mode="json")))
