@@ -178,6 +178,26 @@ class Store:
         return [row[0] for row in self.conn.execute(sql, list(params))]
 
     # --- meta: small named values (project id, last sync, per-round teacher label, salt) ---------
+    def _absent(self, table: str, present: set[int], task_ids: Iterable[int] | None,
+                project_id: int | None) -> list[int]:
+        """Annotation ids in force in `table` (verifications or skips) that `present` lacks, on `task_ids`
+        if given, of rounds imported into `project_id` if given (a round with no project recorded, from a
+        ledger older than that record, counts as the project read)."""
+        sql = (f"SELECT t.annotation_id FROM {table} t LEFT JOIN rounds r ON r.id = t.round_id"
+               " WHERE t.withdrawn_at IS NULL")
+        params: list[Any] = []
+        if project_id is not None:
+            sql += " AND (r.project_id IS NULL OR r.project_id = ?)"
+            params.append(int(project_id))
+        if task_ids is not None:
+            task_ids = list(task_ids)
+            if not task_ids:
+                return []
+            sql += f" AND t.task_id IN ({placeholders(len(task_ids))})"
+            params += task_ids
+        return [row[0] for row in self.conn.execute(sql + " ORDER BY t.annotation_id", params)
+                if row[0] not in present]
+
     def find_meta(self, key: str, default: str | None = None) -> str | None:
         """A stored value, or `default` when it was never set."""
         value = self._value("SELECT value FROM meta WHERE key = ?", [key])

@@ -41,18 +41,7 @@ class TeamTables(Store):
                      project_id: int | None = None) -> list[int]:
         """Annotation ids of skips in force that `present` lacks (on `task_ids` if given, of rounds imported
         into `project_id` if given): candidates for withdrawal once Label Studio confirms them."""
-        sql = "SELECT s.annotation_id FROM skips s LEFT JOIN rounds r ON r.id = s.round_id WHERE s.withdrawn_at IS NULL"
-        params: list[Any] = []
-        if project_id is not None:
-            sql += " AND (r.project_id IS NULL OR r.project_id = ?)"
-            params.append(int(project_id))
-        if task_ids is not None:
-            task_ids = list(task_ids)
-            if not task_ids:
-                return []
-            sql += f" AND s.task_id IN ({placeholders(len(task_ids))})"
-            params += task_ids
-        return [row[0] for row in self.conn.execute(sql + " ORDER BY s.annotation_id", params) if row[0] not in present]
+        return self._absent("skips", present, task_ids, project_id)
 
     def withdraw_skips(self, annotation_ids: Iterable[int]) -> int:
         """Withdraw these skips (deleted, or re-submitted as a verdict); returns how many were in force."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from loop.ledger.core import Store, now, placeholders
+from loop.ledger.core import Store, now
 from loop.vocab import USABLE_VERDICTS
 
 
@@ -58,20 +58,7 @@ class VerificationTables(Store):
         imported into that project, so that reading one project never judges another's (a round with
         no project recorded, from a ledger older than that record, counts as the project read).
         """
-        sql = ("SELECT v.annotation_id FROM verifications v LEFT JOIN rounds r ON r.id = v.round_id"
-               " WHERE v.withdrawn_at IS NULL")
-        params: list[Any] = []
-        if project_id is not None:
-            sql += " AND (r.project_id IS NULL OR r.project_id = ?)"
-            params.append(int(project_id))
-        if task_ids is not None:
-            task_ids = list(task_ids)
-            if not task_ids:
-                return []
-            sql += f" AND v.task_id IN ({placeholders(len(task_ids))})"
-            params += task_ids
-        return [row[0] for row in self.conn.execute(sql + " ORDER BY v.annotation_id", params)
-                if row[0] not in present]
+        return self._absent("verifications", present, task_ids, project_id)
 
     def withdraw_annotations(self, annotation_ids: Iterable[int]) -> int:
         """Withdraw the verifications of these annotations (Label Studio confirmed them gone); returns
