@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -676,6 +676,18 @@ class Studio:
     def gone_skips(self, annotation_ids: list[int]) -> set[int]:
         """The skips among these that Label Studio confirms are no skip any more: deleted (404) or
         re-submitted as a verdict."""
+        return self._gone(annotation_ids, lambda body: not body.get("was_cancelled"))
+
+    def gone_annotations(self, annotation_ids: list[int]) -> set[int]:
+        """The annotations among these that Label Studio confirms hold no verification any more: deleted
+        (GET answers 404, as it does once their task or project is deleted), now a skip, or left without
+        a response. A listing that misses an annotation is only a reason to ask: it may be incomplete."""
+        return self._gone(annotation_ids,
+                          lambda body: body.get("was_cancelled") or missing_response(body.get("result") or []))
+
+    def _gone(self, annotation_ids: list[int], changed: Callable[[dict], bool]) -> set[int]:
+        """Ask Label Studio for each annotation: gone when it answers 404 or when `changed` holds for
+        what it answers; any other error is raised (not confirmed: the next sync asks again)."""
         gone: set[int] = set()
         for annotation_id in sorted({int(a) for a in annotation_ids}):
             try:
@@ -686,27 +698,7 @@ class Studio:
                     raise
                 gone.add(annotation_id)
                 continue
-            body = ann if isinstance(ann, dict) else ann.model_dump()
-            if not body.get("was_cancelled"):
-                gone.add(annotation_id)
-        return gone
-
-    def gone_annotations(self, annotation_ids: list[int]) -> set[int]:
-        """The annotations among these that Label Studio confirms hold no verification any more: deleted
-        (GET answers 404, as it does once their task or project is deleted), now a skip, or left without
-        a response. A listing that misses an annotation is only a reason to ask: it may be incomplete."""
-        gone: set[int] = set()
-        for annotation_id in sorted({int(a) for a in annotation_ids}):
-            try:
-                with _calling(f"get annotation {annotation_id}"):
-                    ann = self._ls.annotations.get(id=annotation_id)
-            except StudioError as exc:
-                if exc.status != 404:
-                    raise  # not confirmed: the next sync asks again
-                gone.add(annotation_id)
-                continue
-            body = ann if isinstance(ann, dict) else ann.model_dump()
-            if body.get("was_cancelled") or missing_response(body.get("result") or []):
+            if changed(ann if isinstance(ann, dict) else ann.model_dump()):
                 gone.add(annotation_id)
         return gone
 
