@@ -15,6 +15,7 @@ from loop.config import load_settings
 from loop.errors import StudioError
 from loop.ledger import Ledger
 from loop.service import ensure_pool
+from tests.support import settle
 from tests.support.memstudio import MemStudio
 
 
@@ -40,15 +41,6 @@ def annotate_all(ctx: rounds.Context, round_id: int) -> None:
         text = item["draft"] + " (edited)" if verdict == "edit" else item["draft"]
         annotation = ctx.studio.annotate(item["task_id"], verdict=verdict, text=text)
         ctx.ledger.record_event("ANNOTATION_CREATED", ctx.project_id, item["task_id"], annotation)
-
-
-def settle(ctx: rounds.Context, limit: int = 20) -> rounds.Step:
-    """Advance until the loop waits or idles; returns the last step."""
-    for _ in range(limit):
-        step = rounds.advance(ctx)
-        if step.settled:
-            return step
-    raise AssertionError("the loop did not settle")
 
 
 def test_one_round_walks_every_state_and_reports_typed_steps(ctx):

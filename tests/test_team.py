@@ -15,6 +15,7 @@ from loop import export, rounds, status
 from loop.config import load_settings
 from loop.ledger import Ledger
 from loop.service import ensure_pool
+from tests.support import settle
 from tests.support.memstudio import MemStudio
 
 
@@ -33,15 +34,6 @@ def make_ctx(tmp_path, small_pool, starter_model, studio, **team) -> rounds.Cont
 @pytest.fixture
 def mem_ctx(tmp_path, small_pool, starter_model):
     return lambda **team: make_ctx(tmp_path, small_pool, starter_model, MemStudio(), **team)
-
-
-def settle(ctx: rounds.Context, limit: int = 20) -> rounds.Step:
-    """Advance until the loop waits or idles; returns the last step."""
-    for _ in range(limit):
-        step = rounds.advance(ctx)
-        if step.settled:
-            return step
-    raise AssertionError("the loop did not settle")
 
 
 def advance_until(ctx: rounds.Context, state: str, limit: int = 10) -> rounds.Step:

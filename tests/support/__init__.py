@@ -15,3 +15,14 @@ def task_items(n: int, start: int = 0, prefix: str = "item") -> list[dict]:
         }
         for i in range(start, start + n)
     ]
+
+
+def settle(ctx, limit: int = 20):
+    """Advance a `loop.rounds.Context` until the loop waits or idles; returns the last step."""
+    from loop import rounds
+
+    for _ in range(limit):
+        step = rounds.advance(ctx)
+        if step.settled:
+            return step
+    raise AssertionError("the loop did not settle")
