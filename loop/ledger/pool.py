@@ -34,12 +34,7 @@ class PoolTables(Store):
         with self.transaction() as conn:
             for row in rows:
                 refs, groups = _listed(row, "references", "reference"), _listed(row, "subgroups", "subgroup")
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO pool(text, reference, subgroup, norm, source, line, ingested_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [row["text"], refs[0] if refs else None, groups[0] if groups else None, row["norm"],
-                     row.get("source"), row.get("line"), stamp],
-                )
+                cur = _insert_item(conn, row, refs, groups, stamp, "INSERT OR IGNORE")
                 added = cur.rowcount == 1
                 pool_id = cur.lastrowid if added else conn.execute(
                     "SELECT id FROM pool WHERE norm = ?", [row["norm"]]
@@ -78,12 +73,7 @@ class PoolTables(Store):
                 refs, groups = _listed(row, "references", "reference"), _listed(row, "subgroups", "subgroup")
                 pool_id = stored.pop(row["norm"], None)
                 if pool_id is None:
-                    pool_id = conn.execute(
-                        "INSERT INTO pool(text, reference, subgroup, norm, source, line, ingested_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [row["text"], refs[0] if refs else None, groups[0] if groups else None, row["norm"],
-                         row.get("source"), row.get("line"), stamp],
-                    ).lastrowid
+                    pool_id = _insert_item(conn, row, refs, groups, stamp, "INSERT").lastrowid
                     counts["added"] += 1
                 else:
                     before = (_stored(conn, "pool_references", "reference", pool_id),
@@ -315,6 +305,16 @@ def _listed(row: dict, many: str, one: str) -> list[str]:
     if values is None:
         values = [row[one]] if row.get(one) else []
     return list(dict.fromkeys(values))
+
+
+def _insert_item(conn: sqlite3.Connection, row: dict, refs: list[str], groups: list[str], stamp: str,
+                 verb: str) -> sqlite3.Cursor:
+    """Insert one pool item, its first reference and group as its own (`verb`: INSERT or INSERT OR IGNORE)."""
+    return conn.execute(
+        f"{verb} INTO pool(text, reference, subgroup, norm, source, line, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [row["text"], refs[0] if refs else None, groups[0] if groups else None, row["norm"], row.get("source"),
+         row.get("line"), stamp],
+    )
 
 
 def _attach(conn: sqlite3.Connection, table: str, column: str, pool_id: int, values: list[str]) -> int:

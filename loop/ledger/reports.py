@@ -18,15 +18,12 @@ class ReportViews(Store):
     )
 
     def cluster_progress(self) -> list[dict]:
-        """Per round and cluster: selected, failed, imported, verified items and their latest verdicts."""
+        """Per round and cluster: selected, failed and imported items and the round's clustering version
+        (verdicts come from `decisions`, which apply the team's rule)."""
         return self._rows(
-            f"WITH latest AS ({self._LATEST})"
-            " SELECT b.round_id, b.cluster, r.clustering, count(*) AS selected, count(b.teacher_error) AS failed,"
-            " count(b.task_id) AS imported, count(l.verdict) AS verified,"
-            " sum(l.verdict = 'accept') AS accept, sum(l.verdict = 'edit') AS edit,"
-            " sum(l.verdict = 'reject') AS reject"
+            "SELECT b.round_id, b.cluster, r.clustering, count(*) AS selected, count(b.teacher_error) AS failed,"
+            " count(b.task_id) AS imported"
             " FROM batch_items b JOIN rounds r ON r.id = b.round_id"
-            " LEFT JOIN latest l ON l.pool_id = b.pool_id AND l.round_id = b.round_id"
             " GROUP BY b.round_id, b.cluster ORDER BY b.round_id, b.cluster"
         )
 
