@@ -396,3 +396,66 @@ def test_overlap_and_adjudication_through_the_real_label_studio(tmp_path, small_
     assert status.facts(ctx.ledger)["adjudication"] == []
     decision = ctx.ledger.decisions(1)[(1, batch[1]["pool_id"])][1]
     assert (decision.verdict, decision.adjudicated) == ("reject", True)
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize(("method", "after"), [("skipped_annotations", False), ("skipped_annotations", True),
+                                               ("gone_skips", False), ("gone_skips", True),
+                                               ("set_overlap", False), ("set_overlap", True)])
+def test_a_failed_team_call_resumes_and_counts_each_skip_once(mem_ctx, method, after):
+    from loop.errors import StudioError
+
+    ctx = mem_ctx(skip_policy="return")
+    ctx.settings.select.max_rounds = 1  # no second round picks the returned items up again
+    if method == "set_overlap":  # the call before the import
+        ctx.studio.fail_next(method, after=after)
+        with pytest.raises(StudioError):
+            settle(ctx)
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    skips = [ctx.studio.skip(item["task_id"]) for item in batch[:2]]
+    for item in batch[2:-1]:
+        verify(ctx, item)
+    if method == "gone_skips":  # asked only when a recorded skip is missing from a listing
+        assert rounds.advance(ctx).message == "waiting: round 1 verified 3/6, 2 skipped"
+        ctx.studio.delete_annotation(skips[1])
+        verify(ctx, batch[1])
+    if method != "set_overlap":
+        ctx.studio.fail_next(method, after=after)
+        with pytest.raises(StudioError):
+            rounds.advance(ctx)
+    verify(ctx, batch[-1])
+    step = settle(ctx)
+    assert [r["state"] for r in ctx.ledger.rounds()] == ["done"] and step.kind == "idle"
+    want = 1 if method == "gone_skips" else 2
+    assert len(ctx.ledger.skips()) == want
+    returned = [b["pool_id"] for b in batch[:want]]
+    assert sorted(set(returned) & set(ctx.ledger.unsent_pool_ids())) == sorted(returned)
+
+
+def test_closing_applies_the_skip_policy_and_the_state_change_in_one_transaction(mem_ctx, monkeypatch):
+    from loop.errors import StaleState
+    from loop.ledger import Ledger as LedgerClass
+
+    ctx = mem_ctx(skip_policy="return")
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    ctx.studio.skip(batch[0]["task_id"])
+    for item in batch[1:]:
+        verify(ctx, item)
+    real = LedgerClass.set_round_state
+
+    def lost_race(self, round_id, state, **kw):
+        if state == "training":
+            raise StaleState("another process moved it first")
+        return real(self, round_id, state, **kw)
+
+    monkeypatch.setattr(LedgerClass, "set_round_state", lost_race)
+    with pytest.raises(StaleState):
+        rounds.advance(ctx)
+    assert batch[0]["pool_id"] not in ctx.ledger.unsent_pool_ids()  # the return was rolled back with it
+    monkeypatch.undo()
+    assert rounds.advance(ctx).state == "training"
+    assert batch[0]["pool_id"] in ctx.ledger.unsent_pool_ids()
