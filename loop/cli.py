@@ -311,15 +311,19 @@ def run(config: str | None, no_backend: bool) -> None:
 @main.command()
 @click.option("--rounds", default=2, show_default=True, help="Rounds to complete before exiting.")
 @click.option("--timeout", default=1800.0, show_default=True, help="Give up after this many seconds.")
+@click.option("--team", "team_size", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Simulated annotators; each task wants this many (overlap), and with 2 or more one task is skipped.")
 @click.pass_obj
-def demo(config: str | None, rounds: int, timeout: float) -> None:
+def demo(config: str | None, rounds: int, timeout: float, team_size: int) -> None:
     """Like `run`, with simulated annotators verifying in Label Studio; exits after --rounds rounds.
 
     \b
     Example:
       labelloop -c configs/local.toml demo --rounds 2
+      labelloop -c configs/local.toml demo --rounds 2 --team 1
     """
     settings = _settings(config)
+    settings.team.overlap = team_size
     done = len([r for r in Ledger(settings.ledger_path).rounds() if r["state"] == "done"]) \
         if Path(settings.ledger_path).exists() else 0
     settings.select.max_rounds = done + rounds

@@ -459,3 +459,26 @@ def test_closing_applies_the_skip_policy_and_the_state_change_in_one_transaction
     monkeypatch.undo()
     assert rounds.advance(ctx).state == "training"
     assert batch[0]["pool_id"] in ctx.ledger.unsent_pool_ids()
+
+
+def test_the_demo_team_two_simulated_annotators_verify_every_task_and_one_skips(mem_ctx):
+    import numpy as np
+
+    from loop import annotators
+
+    ctx = mem_ctx(overlap=2)
+    settle(ctx)
+    done: set = set()
+    assert annotators.annotate_pending(ctx, np.random.default_rng(0), done=done, people=2, skip_one=True) == 12
+    assert annotators.annotate_pending(ctx, np.random.default_rng(0), done=done, people=2, skip_one=True) == 0
+    # a fresh `done` (a restarted demo) acts on nothing twice: the ledger knows who did what
+    rounds.sync_verifications(ctx)
+    assert ctx.ledger.get_round(1)["state"] == "verifying"
+    assert annotators.annotate_pending(ctx, np.random.default_rng(1), people=2, skip_one=True) == 0
+    step = rounds.advance(ctx)
+    assert step.state == "training", step
+    [skip] = ctx.ledger.skips()
+    assert (skip["annotator"], skip["task_id"]) == ("annotator-1@labelloop.local", ctx.ledger.batch(1)[0]["task_id"])
+    people = {v["annotator"] for v in ctx.ledger.verifications(1)}
+    assert people == {"annotator-1@labelloop.local", "annotator-2@labelloop.local"}
+    assert status.facts(ctx.ledger)["agreement"]["overall"]["units"] == 5
