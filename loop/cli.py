@@ -144,7 +144,9 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
         console.print("no round yet")
     else:
         line = (f"current round {current['round']}: {current['state']}, verified "
-                f"{current['verified']}/{current['imported']}, {current['skipped']} skipped,"
+                f"{current['verified']}/{current['imported']}, "
+                + (f"{current['adjudicate']} awaiting adjudication, " if current["adjudicate"] else "")
+                + f"{current['skipped']} skipped,"
                 f" {current['remaining']} remaining")
         if current["deadline"] and current["state"] in ("imported", "verifying"):
             line += f"; closes at its deadline {current['deadline']}"
@@ -153,9 +155,10 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
                      "; no pace yet to estimate completion")
         console.print(line)
     show("rounds", ["round", "state", "closed", "strategy", "learner", "teacher", "selected", "failed", "imported",
-                    "verified", "skipped", "returned", "remaining", "accept", "edit", "reject", "error"],
+                    "verified", "to adjudicate", "skipped", "returned", "remaining", "accept", "edit", "reject",
+                    "error"],
          [[r["round"], r["state"], r["closed"], r["strategy"], r["learner_version"], r["teacher"], r["selected"],
-           r["failed"], r["imported"], r["verified"], r["skipped"], r["returned"], r["remaining"],
+           r["failed"], r["imported"], r["verified"], r["adjudicate"], r["skipped"], r["returned"], r["remaining"],
            pct(r["accept_rate"]), pct(r["edit_rate"]), pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
     show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "skipped", "remaining",
                                 "accept", "edit", "reject", "skip rate"],

@@ -349,6 +349,16 @@ def test_overlap_two_majority_adjudication_and_agreement_on_the_memory_studio(me
     assert (pair["units"], pair["agree"], pair["alpha"]) == (6, 3, round(expected, 4))
     assert sum(c["units"] for c in agreement["clusters"]) == 6
     assert len(ctx.ledger.verified_pairs()) == 2  # the accept and the edit; ties are no pair yet
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    config = ctx.settings.data_dir / "team.json"
+    config.write_text(ctx.settings.model_dump_json())
+    shown = CliRunner().invoke(main, ["-c", str(config), "status"], terminal_width=250).output
+    assert "verified 3/6, 3 awaiting adjudication, 0 skipped, 0 remaining" in shown
+    assert "awaiting adjudication (a tie or a split" in shown and f"data?task={t3}" in shown
+    assert f"{expected:.3f}" in shown  # the alpha
 
     # the lead settles task 3 with an edit: it is decided, its target is the lead's, and alpha is unchanged
     ctx.studio.annotate(t3, verdict="edit", text="the lead's rewrite", user_id=lead)
