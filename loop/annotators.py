@@ -1,7 +1,8 @@
 """Simulated annotators: verify imported tasks through the Label Studio API, as people would.
 
 Used by `make demo` and the end-to-end test: each pending task of the current round is accepted,
-edited or rejected at configurable rates, with a seeded generator so that a run is repeatable.
+edited or rejected at configurable rates, with a seeded generator so that a run is repeatable; with an
+overlap of 2 or more, that many simulated users verify every task and the first skips one.
 """
 
 from __future__ import annotations
@@ -34,28 +35,54 @@ def annotate_pending(
     ctx: Context,
     rng: np.random.Generator,
     rates: tuple[float, float, float] = (0.7, 0.2, 0.1),
-    done: set[int] | None = None,
+    done: set | None = None,
+    *,
+    people: int = 1,
+    skip_one: bool = False,
 ) -> int:
-    """Annotate every imported task of the current round with no verification yet; returns count.
+    """Annotate every imported task of the current round that still waits for someone; returns how many
+    annotations (skips included) were made.
 
-    `done` holds task ids already annotated (and is updated), so that a task annotated but not yet
-    synced into the ledger is not annotated twice.
+    With `people` = 1 the API key's owner verifies each task with no verification yet. With more, that
+    many simulated users (annotator-1@..., created in Label Studio) each act on every task they have not
+    acted on, drawing verdicts independently (so some disagree, as an overlap team does); with
+    `skip_one` the first of them skips the round's first task. `done` holds what was already done
+    ((person, task id) pairs, or task ids for one person) and is updated, so that an annotation not yet
+    synced into the ledger is not made twice.
     """
     done = set() if done is None else done
     current = ctx.ledger.find_current_round()
     if current is None or current["state"] not in ("imported", "verifying"):
         return 0
-    verified = {v["pool_id"] for v in ctx.ledger.verifications(current["id"])}
-    pending = [
-        b for b in ctx.ledger.batch(current["id"])
-        if b["task_id"] and b["pool_id"] not in verified and b["task_id"] not in done
-    ]
-    for item, verdict in zip(pending, choose(len(pending), rng, rates), strict=True):
-        text = edit(item["draft"]) if verdict == "edit" else item["draft"]
-        comment = "simulated annotator" if verdict != "accept" else None
-        ctx.studio.annotate(item["task_id"], verdict=verdict, text=text, comment=comment)
-        done.add(item["task_id"])
-    return len(pending)
+    batch = [b for b in ctx.ledger.batch(current["id"]) if b["task_id"]]
+    if people == 1:
+        verified = {v["pool_id"] for v in ctx.ledger.verifications(current["id"])}
+        pending = [b for b in batch if b["pool_id"] not in verified and b["task_id"] not in done]
+        for item, verdict in zip(pending, choose(len(pending), rng, rates), strict=True):
+            _verify(ctx, item, verdict)
+            done.add(item["task_id"])
+        return len(pending)
+    made = 0
+    acted = [(v["annotator"], v["task_id"]) for v in ctx.ledger.verifications(current["id"])]
+    acted += [(k["annotator"], k["task_id"]) for k in ctx.ledger.skips(current["id"])]
+    for person in range(1, people + 1):
+        email = f"annotator-{person}@labelloop.local"
+        user = ctx.studio.ensure_user(email)
+        pending = [b for b in batch if (email, b["task_id"]) not in done and (email, b["task_id"]) not in acted]
+        for item, verdict in zip(pending, choose(len(pending), rng, rates), strict=True):
+            if skip_one and person == 1 and item["task_id"] == batch[0]["task_id"]:
+                ctx.studio.skip(item["task_id"], user_id=user)
+            else:
+                _verify(ctx, item, verdict, user)
+            done.add((email, item["task_id"]))
+            made += 1
+    return made
+
+
+def _verify(ctx: Context, item: dict, verdict: str, user: int | None = None) -> None:
+    text = edit(item["draft"]) if verdict == "edit" else item["draft"]
+    comment = "simulated annotator" if verdict != "accept" else None
+    ctx.studio.annotate(item["task_id"], verdict=verdict, text=text, comment=comment, user_id=user)
 
 
 def verify_until_done(
@@ -68,13 +95,14 @@ def verify_until_done(
 
     Raises LabelloopError when the rounds are not done within `timeout` seconds."""
     rng = np.random.default_rng(seed)
-    annotated: set[int] = set()
+    annotated: set = set()
     deadline = time.monotonic() + timeout
     while sum(r["state"] == "done" for r in ctx.ledger.rounds()) < rounds:
         if stopped() is not None:
             return
         if time.monotonic() >= deadline:
             raise LabelloopError(f"demo: {rounds} rounds did not complete within {timeout:.0f} s")
-        if annotate_pending(ctx, rng, done=annotated) and on_annotated is not None:
+        team = ctx.settings.team.overlap
+        if annotate_pending(ctx, rng, done=annotated, people=team, skip_one=team > 1) and on_annotated is not None:
             on_annotated()
         time.sleep(poll_seconds)  # people take their time; the scheduler polls Label Studio meanwhile

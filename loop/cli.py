@@ -171,7 +171,9 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
         console.print("no round yet")
     else:
         line = (f"current round {current['round']}: {current['state']}, verified "
-                f"{current['verified']}/{current['imported']}, {current['skipped']} skipped,"
+                f"{current['verified']}/{current['imported']}, "
+                + (f"{current['adjudicate']} awaiting adjudication, " if current["adjudicate"] else "")
+                + f"{current['skipped']} skipped,"
                 f" {current['remaining']} remaining")
         if current["deadline"] and current["state"] in ("imported", "verifying"):
             line += f"; closes at its deadline {current['deadline']}"
@@ -180,9 +182,10 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
                      "; no pace yet to estimate completion")
         console.print(line)
     show("rounds", ["round", "state", "closed", "strategy", "learner", "teacher", "selected", "failed", "imported",
-                    "verified", "skipped", "returned", "remaining", "accept", "edit", "reject", "error"],
+                    "verified", "to adjudicate", "skipped", "returned", "remaining", "accept", "edit", "reject",
+                    "error"],
          [[r["round"], r["state"], r["closed"], r["strategy"], r["learner_version"], r["teacher"], r["selected"],
-           r["failed"], r["imported"], r["verified"], r["skipped"], r["returned"], r["remaining"],
+           r["failed"], r["imported"], r["verified"], r["adjudicate"], r["skipped"], r["returned"], r["remaining"],
            pct(r["accept_rate"]), pct(r["edit_rate"]), pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
     show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "skipped", "remaining",
                                 "accept", "edit", "reject", "skip rate"],
@@ -343,15 +346,19 @@ def run(config: str | None, no_backend: bool) -> None:
 @main.command()
 @click.option("--rounds", default=2, show_default=True, help="Rounds to complete before exiting.")
 @click.option("--timeout", default=1800.0, show_default=True, help="Give up after this many seconds.")
+@click.option("--team", "team_size", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Simulated annotators; each task wants this many (overlap), and with 2 or more one task is skipped.")
 @click.pass_obj
-def demo(config: str | None, rounds: int, timeout: float) -> None:
+def demo(config: str | None, rounds: int, timeout: float, team_size: int) -> None:
     """Like `run`, with simulated annotators verifying in Label Studio; exits after --rounds rounds.
 
     \b
     Example:
       labelloop -c configs/local.toml demo --rounds 2
+      labelloop -c configs/local.toml demo --rounds 2 --team 1
     """
     settings = _settings(config)
+    settings.team.overlap = team_size
     done = len([r for r in Ledger(settings.ledger_path).rounds() if r["state"] == "done"]) \
         if Path(settings.ledger_path).exists() else 0
     settings.select.max_rounds = done + rounds

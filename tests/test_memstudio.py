@@ -365,3 +365,28 @@ def test_calls_are_logged_without_secrets(mem: MemStudio, project: int) -> None:
     assert only["id"] == hook
     assert (only["headers"], only["send_for_all_actions"]) == ({"X-Secret": "hdr-secret"}, False)
     assert mem.connect_backend(project, "http://127.0.0.1:9090") == mem.backends(project)[0]["id"]
+
+
+def test_contract_skips_users_and_overlap(server: Server) -> None:
+    studio = server.studio
+    pid = studio.ensure_project(f"contract-{uuid.uuid4().hex[:8]}", CONFIG)
+    ids = studio.import_batch(pid, task_items(3), model_version="v1")
+    email = f"skipper-{uuid.uuid4().hex[:6]}@example.org"
+    other = studio.ensure_user(email)
+    assert studio.ensure_user(email) == other  # found again, not created twice
+    own = studio.skip(ids["item-0"])
+    theirs = studio.skip(ids["item-1"], user_id=other)
+    studio.annotate(ids["item-2"], verdict="accept", text="draft reply 2", user_id=other)
+    skips = studio.skipped_annotations(pid)
+    assert [(k.annotation_id, k.task_id, k.key, k.annotator) for k in skips] == [
+        (own, ids["item-0"], "item-0", server.username), (theirs, ids["item-1"], "item-1", email)]
+    assert all(k.created_at and TIMESTAMP.match(k.created_at) for k in skips)
+    assert [k.key for k in studio.skipped_annotations(pid, [ids["item-1"], ids["item-2"]])] == ["item-1"]
+    assert studio.skipped_annotations(pid, []) == []
+    assert [a.annotator for a in studio.completed_annotations(pid)] == [email]
+    server.ui.update_annotation(own, verdict="accept", text="draft reply 0")  # the skip re-submitted as a verdict
+    server.ui.delete_annotation(theirs)
+    assert studio.gone_skips([own, theirs]) == {own, theirs} and studio.skipped_annotations(pid) == []
+    studio.set_overlap(pid, 2)
+    studio.set_overlap(pid, 2)  # idempotent
+    assert studio.counts(pid)["task_number"] == 3

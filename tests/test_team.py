@@ -341,6 +341,16 @@ def test_overlap_two_majority_adjudication_and_agreement_on_the_memory_studio(me
     assert (pair["units"], pair["agree"], pair["alpha"]) == (6, 3, round(expected, 4))
     assert sum(c["units"] for c in agreement["clusters"]) == 6
     assert len(ctx.ledger.verified_pairs()) == 2  # the accept and the edit; ties are no pair yet
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    config = ctx.settings.data_dir / "team.json"
+    config.write_text(ctx.settings.model_dump_json())
+    shown = CliRunner().invoke(main, ["-c", str(config), "status"], terminal_width=250).output
+    assert "verified 3/6, 3 awaiting adjudication, 0 skipped, 0 remaining" in shown
+    assert "awaiting adjudication (a tie or a split" in shown and f"data?task={t3}" in shown
+    assert f"{expected:.3f}" in shown  # the alpha
 
     # the lead settles task 3 with an edit: it is decided, its target is the lead's, and alpha is unchanged
     ctx.studio.annotate(t3, verdict="edit", text="the lead's rewrite", user_id=lead)
@@ -388,3 +398,89 @@ def test_overlap_and_adjudication_through_the_real_label_studio(tmp_path, small_
     assert status.facts(ctx.ledger)["adjudication"] == []
     decision = ctx.ledger.decisions(1)[(1, batch[1]["pool_id"])][1]
     assert (decision.verdict, decision.adjudicated) == ("reject", True)
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize(("method", "after"), [("skipped_annotations", False), ("skipped_annotations", True),
+                                               ("gone_skips", False), ("gone_skips", True),
+                                               ("set_overlap", False), ("set_overlap", True)])
+def test_a_failed_team_call_resumes_and_counts_each_skip_once(mem_ctx, method, after):
+    from loop.errors import StudioError
+
+    ctx = mem_ctx(skip_policy="return")
+    ctx.settings.select.max_rounds = 1  # no second round picks the returned items up again
+    if method == "set_overlap":  # the call before the import
+        ctx.studio.fail_next(method, after=after)
+        with pytest.raises(StudioError):
+            settle(ctx)
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    skips = [ctx.studio.skip(item["task_id"]) for item in batch[:2]]
+    for item in batch[2:-1]:
+        verify(ctx, item)
+    if method == "gone_skips":  # asked only when a recorded skip is missing from a listing
+        assert rounds.advance(ctx).message == "waiting: round 1 verified 3/6, 2 skipped"
+        ctx.studio.delete_annotation(skips[1])
+        verify(ctx, batch[1])
+    if method != "set_overlap":
+        ctx.studio.fail_next(method, after=after)
+        with pytest.raises(StudioError):
+            rounds.advance(ctx)
+    verify(ctx, batch[-1])
+    step = settle(ctx)
+    assert [r["state"] for r in ctx.ledger.rounds()] == ["done"] and step.kind == "idle"
+    want = 1 if method == "gone_skips" else 2
+    assert len(ctx.ledger.skips()) == want
+    returned = [b["pool_id"] for b in batch[:want]]
+    assert sorted(set(returned) & set(ctx.ledger.unsent_pool_ids())) == sorted(returned)
+
+
+def test_closing_applies_the_skip_policy_and_the_state_change_in_one_transaction(mem_ctx, monkeypatch):
+    from loop.errors import StaleState
+    from loop.ledger import Ledger as LedgerClass
+
+    ctx = mem_ctx(skip_policy="return")
+    settle(ctx)
+    batch = ctx.ledger.batch(1)
+    ctx.studio.skip(batch[0]["task_id"])
+    for item in batch[1:]:
+        verify(ctx, item)
+    real = LedgerClass.set_round_state
+
+    def lost_race(self, round_id, state, **kw):
+        if state == "training":
+            raise StaleState("another process moved it first")
+        return real(self, round_id, state, **kw)
+
+    monkeypatch.setattr(LedgerClass, "set_round_state", lost_race)
+    with pytest.raises(StaleState):
+        rounds.advance(ctx)
+    assert batch[0]["pool_id"] not in ctx.ledger.unsent_pool_ids()  # the return was rolled back with it
+    monkeypatch.undo()
+    assert rounds.advance(ctx).state == "training"
+    assert batch[0]["pool_id"] in ctx.ledger.unsent_pool_ids()
+
+
+def test_the_demo_team_two_simulated_annotators_verify_every_task_and_one_skips(mem_ctx):
+    import numpy as np
+
+    from loop import annotators
+
+    ctx = mem_ctx(overlap=2)
+    settle(ctx)
+    done: set = set()
+    assert annotators.annotate_pending(ctx, np.random.default_rng(0), done=done, people=2, skip_one=True) == 12
+    assert annotators.annotate_pending(ctx, np.random.default_rng(0), done=done, people=2, skip_one=True) == 0
+    # a fresh `done` (a restarted demo) acts on nothing twice: the ledger knows who did what
+    rounds.sync_verifications(ctx)
+    assert ctx.ledger.get_round(1)["state"] == "verifying"
+    assert annotators.annotate_pending(ctx, np.random.default_rng(1), people=2, skip_one=True) == 0
+    step = rounds.advance(ctx)
+    assert step.state == "training", step
+    [skip] = ctx.ledger.skips()
+    assert (skip["annotator"], skip["task_id"]) == ("annotator-1@labelloop.local", ctx.ledger.batch(1)[0]["task_id"])
+    people = {v["annotator"] for v in ctx.ledger.verifications(1)}
+    assert people == {"annotator-1@labelloop.local", "annotator-2@labelloop.local"}
+    assert status.facts(ctx.ledger)["agreement"]["overall"]["units"] == 5
