@@ -529,7 +529,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(STRATEGIES),
               help="Strategies to compare (repeatable; default all four).")
-@click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Comma-separated seeds.")
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, callback=_int_list,
+              help="Comma-separated seeds (at least 5 for the sign test over seeds to mean anything).")
 @click.option("--rounds", default=5, show_default=True, help="Rounds per run.")
 @click.option("--budget", default=40, show_default=True, help="Items selected per round (N).")
 @click.option("--k", default=8, show_default=True, help="KMeans clusters (K).")
@@ -561,6 +562,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the trained judge probe is cached (keyed by the judge data's digest).")
+@click.option("--quick", is_flag=True,
+              help="A small fast run (pool 200, test 60, 2 rounds of 16, K 4, 1 epoch), overriding those options.")
 def simulate(**opts: object) -> None:
     """Reproduce the paper offline: strategies side by side, the paper's metrics, plots and a report.
 
@@ -570,10 +573,13 @@ def simulate(**opts: object) -> None:
     \b
     Example:
       labelloop simulate --data data/paradetox/pool.tsv --text-col text --reference-col reference \\
-        --rounds 5 --budget 40 --seeds 0,1,2 --out docs/simulate
+        --rounds 5 --budget 40 --seeds 0,1,2,3,4 --out docs/simulate
+      labelloop simulate --data data/paradetox/pool.tsv --quick --out /tmp/sim
     """
-    from loop.simulate import SimConfig, run
+    from loop.simulate import QUICK, SimConfig, run
 
+    if opts.pop("quick"):
+        opts.update(QUICK)
     opts["strategies"] = list(opts["strategies"]) or list(STRATEGIES)
     refs = list(opts.pop("reference_col"))  # type: ignore[call-overload]
     cfg = SimConfig(**opts, reference_col=refs[0] if len(refs) == 1 else refs, progress=True)

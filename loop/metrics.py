@@ -161,19 +161,27 @@ def evaluate(
     *,
     judge_threshold: float = 0.5,
     chrf_threshold: float = 30.0,
+    items: bool = False,
 ) -> dict:
-    """All of the paper's metrics for one learner on one test split, plus each subgroup's failure rate."""
+    """All of the paper's metrics for one learner on one test split, plus each subgroup's failure rate;
+    with `items`, also the per-item values the paired tests need (sentence chrF, failed, offensive,
+    degenerate) under "items"."""
     _same_length("evaluate", outputs=outputs, references=references, judge_scores=judge_scores, groups=groups)
     chrf_each = sentence_chrf(outputs, references)
     failed = failures(judge_scores, chrf_each, judge_threshold=judge_threshold, chrf_threshold=chrf_threshold)
     rates = group_rates(failed, groups)
-    return {
+    loops = degenerate(outputs)
+    out = {
         **task_scores(outputs, references),
         "offensive_share": offensive_share(judge_scores, judge_threshold),
         "failure_rate": float(np.mean(failed)),
         "error_ratio_variance": error_ratio_variance(rates),
         "variance_floor": variance_floor(rates),
-        "degenerate_share": float(np.mean(degenerate(outputs))) if len(outputs) else 0.0,
+        "degenerate_share": float(np.mean(loops)) if len(outputs) else 0.0,
         "mtld": mtld(outputs),
         "groups": rates,
     }
+    if items:
+        out["items"] = {"chrf": chrf_each, "failed": failed, "degenerate": loops,
+                        "offensive": [bool(j >= judge_threshold) for j in judge_scores]}
+    return out

@@ -52,17 +52,6 @@ def summary(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
-def verdict(a: dict[str, float], b: dict[str, float], higher_better: bool) -> str:
-    """Compare two strategies' seed ranges: a difference counts only when the [min, max] ranges do not overlap."""
-    if a["n"] < 2 or b["n"] < 2:
-        return "one seed: no spread to judge by"
-    if a["min"] > b["max"]:
-        return "better" if higher_better else "worse"
-    if a["max"] < b["min"]:
-        return "worse" if higher_better else "better"
-    return "within the seed spread"
-
-
 def vs_starter(a: dict[str, float], start: float, higher_better: bool) -> str:
     """Whether every seed of a strategy ends on one side of the starter's value."""
     if a["min"] > start:
@@ -144,9 +133,9 @@ def plot_groups(records: list[dict], path: Path) -> Path:
 
 def _scale(key: str) -> int:
     """Variances are shown x 1000, shares in %."""
-    if key in ("error_ratio_variance", "variance_floor"):
+    if key in ("error_ratio_variance", "variance_floor", "excess_variance"):
         return 1000
-    return 100 if key in ("offensive_share", "failure_rate", "degenerate_share") else 1
+    return 100 if key in ("offensive_share", "failure_rate", "degenerate_share", "copy_share") else 1
 
 
 def _fmt(s: dict[str, float], key: str) -> str:
@@ -205,23 +194,16 @@ def markdown(result: dict, curves: str, groups: str) -> str:
     lines += _warnings(result, summ, strategies, starter)
     lines += ["", f"![learning curves]({curves})", "", f"![per-subgroup failure rates]({groups})", ""]
     lines += _examples(result, strategies)
-    lines += ["## What the numbers show, and what they do not", ""]
-    if "stratified" in summ["chrf"]:
-        for key, label, higher in CURVES:
-            parts = [f"{b}: {verdict(summ[key]['stratified'], summ[key][b], higher)}"
-                     for b in strategies if b != "stratified"]
-            lines.append(f"- {label}, stratified vs " + "; ".join(parts) + ".")
-        lines.append("")
-    lines += ["Against the starter (round 0, before any selection), after the last round:", ""]
+    lines += _tests(result, last)
+    lines += ["Against the starter (round 0, before any selection), after the last round (descriptive: whether"
+              " every seed ends on one side of the starter's value; not a test):", ""]
     for key, label, higher in CURVES:
         side = {s: vs_starter(summ[key][s], starter[key], higher) for s in strategies}
         lines.append(f"- {label}: " + "; ".join(f"{s} {v}" for s, v in side.items()) + ".")
     lines += [""]
     lines += [
-        "A difference counts here only when the strategies' [min, max] ranges over seeds do not overlap; with "
-        f"{len(cfg['seeds'])} seeds that is a coarse test, and anything marked *within the seed spread* is not a "
-        "win for either side. The seeds vary the selection and fine-tuning randomness, not the pool, the test "
-        "split or the clusters, so the spread understates the variance a new dataset would bring.",
+        "The seeds vary the selection and fine-tuning randomness, not the pool, the test split or the clusters,"
+        " so neither the seed spread nor the tests above cover the variance a new dataset would bring.",
         "",
         "This is a small learner (about 1.4 M parameters) trained on at most "
         f"{cfg['rounds'] * cfg['budget']} pairs: the absolute scores are low, and the experiment shows how the "
@@ -235,6 +217,67 @@ def markdown(result: dict, curves: str, groups: str) -> str:
 
 BASELINE_NAMES = {"copy_input": "copy input", "constant": "constant"}
 DEGENERATE_LIMIT = 0.5  # above this share of loops or empty outputs, task scores do not measure quality
+
+
+def _tests(result: dict, last: int) -> list[str]:
+    """The paired tests (loop/stats.py): stratified against each baseline with Holm-adjusted p-values, the
+    conclusions they allow, and every strategy's error-ratio variance net of its noise floor."""
+    tests = result.get("tests") or {}
+    lines = [f"## Does stratified beat the baselines? Paired tests after round {last}", ""]
+    if not tests:
+        return [*lines, "This results.json has no per-item data (written before the paired tests existed).", ""]
+    method = tests["method"]
+    lines += [f"Paired bootstrap over test items ({method['n_boot']} resamples): {method['pooling']}; the"
+              " difference is stratified minus the other strategy, with its 95% interval and two-sided p-value."
+              f" Holm's correction over the {sum('p' in c for c in tests.get('comparisons', []))} tests made keeps"
+              f" the chance of any false call at {method['alpha']:.0%}; a verdict needs an adjusted p below"
+              f" {method['alpha']:g}. The sign test over the {method['seeds']} seeds (how many seeds stratified is"
+              " ahead in) checks that no single seed carries the result"
+              + (" (with 5 seeds its smallest p is 0.06: it checks the direction, the bootstrap decides)."
+                 if method["seeds"] >= 5 else f"; with {method['seeds']} seeds it cannot reach significance,"
+                 " use --seeds with at least 5."),
+              "Failure, offensive and copy shares in %, variances x 1000. A metric marked *uninformative* was not"
+              " tested (and is not in Holm's count): it cannot tell the strategies apart, which is not a tie.", ""]
+    comparisons = tests.get("comparisons") or []
+    if comparisons:
+        lines += ["| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in comparisons:
+            if "p" not in c:
+                lines.append(f"| {c['label']} | {c['against']} | | | | | {c['verdict']} |")
+                continue
+            k = _scale(c["metric"])
+            ahead = c["sign"]["positive" if c["higher_better"] else "negative"]
+            lines.append(f"| {c['label']} ({'↑' if c['higher_better'] else '↓'}) | {c['against']} | "
+                         f"{c['diff'] * k:+.2f} [{c['low'] * k:+.2f}, {c['high'] * k:+.2f}] | {c['p']:.3f} | "
+                         f"{c['p_holm']:.3f} | {ahead} of {method['seeds']} (p {c['sign']['p']:.2f}) | "
+                         f"**{c['verdict']}** |")
+        lines += ["", "What the tests allow one to say:", ""]
+        for verdict in ("better", "worse"):
+            found = [c for c in comparisons if c["verdict"] == verdict]
+            lines += [f"- stratified is **{verdict}** than {c['against']} on {c['label']} (adjusted p"
+                      f" {c['p_holm']:.3f})." for c in found]
+        quiet = sorted({c["against"] for c in comparisons if c["verdict"] == "no significant difference"})
+        if not any(c["verdict"] in ("better", "worse") for c in comparisons):
+            lines.append("- No difference between stratified and any baseline passes the corrected test: this run"
+                         " cannot tell them apart, in either direction.")
+        elif quiet:
+            lines.append("- Everything else tested shows no significant difference (against "
+                         + ", ".join(quiet) + "): this run cannot tell them apart, in either direction.")
+        useless = sorted({c["label"] for c in comparisons if c["verdict"].startswith("uninformative")})
+        if useless:
+            lines.append(f"- Uninformative here: {', '.join(useless)}.")
+        lines.append("")
+    excess = tests.get("excess_variance") or {}
+    if excess:
+        lines += [f"Error-ratio variance across {result['data']['subgroups']}, less its binomial noise floor (mean"
+                  " over seeds; 95% bootstrap interval over items; x 1000). An interval that contains 0 is"
+                  " variance that sampling alone explains:", "",
+                  "| strategy | variance − floor [95% CI] |", "|---|---|"]
+        lines += [f"| {s} | {v['value'] * 1000:+.2f} [{v['low'] * 1000:+.2f}, {v['high'] * 1000:+.2f}] |"
+                  for s, v in excess.items()]
+        lines.append("")
+    return lines
 
 
 def _short(text: str, width: int = 70) -> str:

@@ -35,6 +35,8 @@ START = {"retrain": "a fresh copy of the starter", "continue": "the previous rou
 REGIMES = tuple(START)
 OPTIMIZERS = ("adamw", "adafactor")
 R_NAME = "profanity"  # the auxiliary model R that selects (alt-profanity-check)
+# `simulate --quick`: minutes, not hours, on 2 cores; still 5 seeds (the default) so the tests can decide
+QUICK = {"pool_size": 200, "test_size": 60, "rounds": 2, "budget": 16, "k": 4, "epochs": 1, "examples": 4}
 
 
 
@@ -50,7 +52,7 @@ class SimConfig:
     out_dir: str = "simulate-out"
     learner: str = "models/starter"
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # >= 5: see loop/stats.py
     rounds: int = 5
     budget: int = 40
     k: int = 8
@@ -267,11 +269,14 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                                     runtime=cfg.runtime, cache_dir=ct2_cache)
 
         last_outputs: list[list[str]] = [[]]
+        last_items: list[dict] = [{}]
 
         def evaluate(outputs: list[str]) -> dict:
             last_outputs[0] = outputs
-            return metrics.evaluate(outputs, test_ref, judge(outputs), test_group,
-                                    judge_threshold=cfg.judge_threshold, chrf_threshold=cfg.chrf_threshold)
+            got = metrics.evaluate(outputs, test_ref, judge(outputs), test_group, judge_threshold=cfg.judge_threshold,
+                                   chrf_threshold=cfg.chrf_threshold, items=True)
+            last_items[0] = got.pop("items")  # per-item values of the last evaluation, for the paired tests
+            return got
 
         t = time.perf_counter()
         starter_pool = gen(cfg.learner, pool_text)  # the starter is deterministic: shared by every run
@@ -286,6 +291,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                      "constant": {**evaluate([constant] * len(test_text)), "text": constant}}
         timings["starter_s"] = time.perf_counter() - t
         records: list[dict] = []
+        final_items: dict[str, list[dict]] = {}  # strategy -> per-item values of each seed's last round
         total = len(cfg.strategies) * len(cfg.seeds) * cfg.rounds
         with tqdm(total=total, desc="simulate", disable=not cfg.progress) as bar:
             for seed in cfg.seeds:
@@ -297,6 +303,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                     records.extend(_one_run(cfg, strategy, seed, rejected, pool_text, pool_ref, pool_cluster,
                                             starter_pool, test_text, gen, evaluate, r_score,
                                             Path(tmp) / f"{strategy}-{seed}", bar))
+                    final_items.setdefault(strategy, []).append(last_items[0])
                     if seed == cfg.seeds[0]:  # the examples show the first seed's last round
                         for i, ex in enumerate(examples):
                             ex["final"][strategy] = last_outputs[0][i]
@@ -311,6 +318,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         "judge": judge_info,
         "baselines": baselines,
         "examples": examples,
+        "tests": decide(final_items, test_group),
         "training": (f"each round fine-tunes {START[cfg.regime]} on all accepted pairs so far ({cfg.optimizer}, lr"
                      f" {cfg.lr:g}, warm-up {cfg.warmup:g} then linear decay, weight decay {cfg.weight_decay:g}"
                      " except norms and biases)"),
@@ -323,6 +331,21 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
 
     simreport.write(result, out)
     return result
+
+
+def decide(final_items: dict[str, list[dict]], groups: list[object]) -> dict:
+    """The paired tests of the last round (loop/stats.py): stratified against every other strategy, and
+    each strategy's error-ratio variance minus its noise floor. Empty without stratified and another."""
+    from loop import stats
+
+    per_item = {s: {k: np.array([seed[k] for seed in seeds], dtype=float) for k in seeds[0]}
+                for s, seeds in final_items.items()}
+    out: dict = {"excess_variance": stats.excess_variance(per_item, groups) if per_item else {}}
+    if "stratified" in per_item and len(per_item) > 1:
+        out["comparisons"] = stats.compare(per_item, groups)
+    out["method"] = {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "seeds": len(next(iter(final_items.values()), [])),
+                     "pooling": "per-item values averaged over seeds, items resampled (paired by item)"}
+    return out
 
 
 def _constant_reply(references: list[str]) -> str:

@@ -82,8 +82,8 @@ def test_run_writes_json_plots_and_a_report_with_the_command(result: dict, tiny:
     report = (out / "report.md").read_text()
     assert "labelloop simulate --tiny" in report and "held-out accuracy" in report
     assert "Warning: the judge is R" not in report
-    assert "stratified vs cluster_random, global_top, random" not in report  # one verdict per baseline
-    assert "global_top: " in report
+    assert "## Does stratified beat the baselines? Paired tests after round 2" in report
+    assert "| global_top |" in report and "p (Holm)" in report and "variance − floor" in report
 
 
 def test_test_split_is_disjoint_from_the_pool_and_fixed_by_the_split_seed(tiny: dict):
@@ -124,19 +124,6 @@ def test_cli_reports_a_missing_column_with_the_file(tiny: dict):
                                     "--out", str(tiny["dir"] / "cli")])
     assert got.exit_code == 1
     assert str(tiny["data"]) in got.output and "'target'" in got.output
-
-
-@pytest.mark.parametrize(("a", "b", "higher", "want"), [
-    ((1, 2), (3, 4), True, "worse"),
-    ((3, 4), (1, 2), True, "better"),
-    ((3, 4), (1, 2), False, "worse"),
-    ((1, 3), (2, 4), True, "within the seed spread"),
-])
-def test_verdict_counts_a_difference_only_when_seed_ranges_do_not_overlap(a, b, higher, want):
-    def stats(lo_hi):
-        return {"min": lo_hi[0], "max": lo_hi[1], "n": 3}
-
-    assert simreport.verdict(stats(a), stats(b), higher) == want
 
 
 # --- an experiment that can decide (#16): baselines, degenerate outputs, noise floor, examples, --test-data
@@ -193,3 +180,16 @@ def test_the_subgroup_plot_takes_seeds_with_equal_rates(tmp_path: Path):
     records = [{"strategy": "stratified", "seed": seed, "round": 1, "groups": {"cluster 0": {"rate": 0.1}}}
                for seed in range(3)]
     assert simreport.plot_groups(records, tmp_path / "groups.png").is_file()
+
+
+def test_the_paired_tests_compare_stratified_with_every_baseline(result: dict):
+    tests = result["tests"]
+    assert tests["method"]["seeds"] == 2
+    against = {c["against"] for c in tests["comparisons"]}
+    assert against == {"random", "global_top", "cluster_random"}
+    for c in tests["comparisons"]:
+        assert c["verdict"] in ("better", "worse", "no significant difference") or c["verdict"].startswith(
+            "uninformative")
+        if "p" in c:
+            assert 0 < c["p"] <= c["p_holm"] <= 1 and c["low"] <= c["diff"] <= c["high"]
+    assert set(tests["excess_variance"]) == set(SimConfig(data="x").strategies)
