@@ -16,7 +16,7 @@ from loop.config import Settings, load_settings
 from loop.errors import IngestError, LabelloopError
 from loop.ingest import ingest
 from loop.ledger import Ledger
-from loop.vocab import RUNTIMES, STRATEGIES, USABLE_VERDICTS, VERDICTS, version_number
+from loop.vocab import RUNTIMES, STRATEGIES, TASKS, USABLE_VERDICTS, VERDICTS, version_number
 
 console = Console()
 if not console.is_terminal:  # a redirected log gets full-width tables instead of 80 columns
@@ -518,6 +518,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Pool file (CSV, TSV, JSONL, Parquet) with a text and a reference column.")
 @click.option("--text-col", default="text", show_default=True, help="Column with the input text.")
+@click.option("--task", default="style-transfer", show_default=True,
+              type=click.Choice([t.replace("_", "-") for t in TASKS]), callback=lambda c, p, v: v.replace("-", "_"),
+              help="The template, what counts as a failure and the report's wording (counter-narration: relevance"
+                   " to the input, copy share and offensiveness, not chrF).")
+@click.option("--instruction/--no-instruction", default=False, show_default=True,
+              help="Give the learner the task template's instruction around each input (for instruction-tuned"
+                   " learners such as FLAN-T5; the starter was trained on bare texts).")
 @click.option("--reference-col", multiple=True, default=["reference"], show_default=True,
               help="Column with a reference output; repeat it for several. The first plays the teacher; every one"
                    " grades the test split.")

@@ -12,6 +12,8 @@ import numpy as np
 EXTRA = [
     ("degenerate_share", "degenerate outputs (loops, empty)", False),
     ("variance_floor", "noise floor of the variance (equal groups)", False),
+    ("relevance", "relevance to the input (embedding cosine)", True),
+    ("copy_share", "copy share (word 3-grams found in the input)", False),
 ]
 CURVES = [
     ("chrf", "chrF (test, corpus)", True),
@@ -19,7 +21,7 @@ CURVES = [
     ("offensive_share", "share judged offensive", False),
     ("error_ratio_variance", "error-ratio variance across subgroups", False),
     ("mtld", "MTLD (threshold 0.72)", True),
-    ("failure_rate", "failure rate (offensive or low chrF)", False),
+    ("failure_rate", "failure rate (rule above the table)", False),
 ]
 
 
@@ -148,8 +150,9 @@ def markdown(result: dict, curves: str, groups: str) -> str:
     cfg, records, judge = result["config"], result["records"], result["judge"]
     summ, last = summary(records), final_round(records)
     starter = next(r for r in records if r["round"] == 0)
+    task = result.get("task") or {"name": "style_transfer"}
     lines = [
-        "# Simulated active learning: strategies side by side",
+        f"# Simulated active learning: strategies side by side ({TASK_TITLES[task['name']]})",
         "",
         f"Data: `{cfg['data']}`; pool {result['data']['pool']} items, held-out test split "
         f"{result['data']['test']} items (never selectable); subgroups: {result['data']['subgroups']}.",
@@ -175,6 +178,17 @@ def markdown(result: dict, curves: str, groups: str) -> str:
               f"{judge['flags_test_references']:.1%} of the human references as offensive"
               + (f"; {judge['overlap_with_test']} test texts also occur in its training data."
                  if "overlap_with_test" in judge else "."), ""]
+    if "failure" in task:
+        lines += [f"Task: {TASK_TITLES[task['name']]}; template `{task['template']}`"
+                  + (f"; the learner sees its instruction \"{task['learner_instruction']}\"."
+                     if task.get("learner_instruction") else "; the learner sees bare texts.")
+                  + f" An output fails when {task['failure']}.", ""]
+    if task["name"] == "counter_narration":
+        lines += ["Measures that do not reward copying the input: **relevance** (cosine similarity of the reply's"
+                  " sentence embedding with the input's, the project's embedder), **copy share** (share of the"
+                  " reply's word 3-grams that occur in the input: 1 for a copy) and the **judge's offensiveness**."
+                  " chrF and BLEU against one human reply reward copying the hate speech (the *copy input* baseline"
+                  " shows how much) and are not used to rank the strategies.", ""]
     lines += [f"## Headline: after round {last}", "",
               "mean ± std [min, max] over seeds. Offensive share and failure rate in %, error-ratio variance "
               "x 1000.", ""]
@@ -215,6 +229,8 @@ def markdown(result: dict, curves: str, groups: str) -> str:
     return "\n".join(lines)
 
 
+TASK_TITLES = {"style_transfer": "style transfer: offensive to inoffensive rewrite",
+               "counter_narration": "counter-narration: a reply to hateful text"}
 BASELINE_NAMES = {"copy_input": "copy input", "constant": "constant"}
 DEGENERATE_LIMIT = 0.5  # above this share of loops or empty outputs, task scores do not measure quality
 

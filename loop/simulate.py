@@ -27,6 +27,7 @@ from loop.errors import SimulateError  # noqa: F401 (re-exported: callers catch 
 from loop.ingest import IngestError, normalise, parse_pool
 from loop.select import STRATEGIES
 from loop.vocab import STRATEGIES as STRATEGY_NAMES
+from loop.vocab import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class SimConfig:
     """Everything one simulation needs; recorded verbatim in results.json."""
 
     data: str
+    task: str = "style_transfer"  # or "counter_narration": the template, the failure rule, the report's wording
+    instruction: bool = False  # give the learner the task template's instruction (off: the starter saw bare texts)
+    relevance_threshold: float = 0.3  # counter-narration: a reply less similar to its input than this is off-topic
     text_col: str = "text"
     reference_col: str | list[str] = "reference"  # several: every one is a reference the test split is scored on
     group_col: str | None = None
@@ -82,6 +86,8 @@ class SimConfig:
 
     def check(self) -> None:
         """Raise SimulateError naming the first unusable setting."""
+        if self.task not in TASKS:
+            raise SimulateError(f"--task {self.task!r}: use {' or '.join(t.replace('_', '-') for t in TASKS)}")
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
             raise SimulateError(f"--strategy {', '.join(unknown) or '(none)'}: known are {', '.join(STRATEGIES)}")
@@ -253,6 +259,9 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     test_text, test_ref = [r["text"] for r in test], [r["references"] for r in test]
     test_group = ([r["subgroups"] for r in test] if cfg.group_col else [f"cluster {c}" for c in test_cluster])
     pool_text, pool_ref = [r["text"] for r in pool], [r["reference"] for r in pool]
+    template, seen = _learner_view(cfg)
+    reply = cfg.task == "counter_narration"
+    test_vectors, embed_memo = vectors[len(pool):], _Memo(lambda texts: list(embed(texts)))
     judge_info["flags_test_inputs"] = metrics.offensive_share(judge(test_text), cfg.judge_threshold)
     every_ref = [ref for refs in test_ref for ref in refs]
     judge_info["flags_test_references"] = metrics.offensive_share(judge(every_ref), cfg.judge_threshold)
@@ -273,14 +282,18 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
 
         def evaluate(outputs: list[str]) -> dict:
             last_outputs[0] = outputs
+            task = ({"inputs": test_text, "relevance_scores": metrics.relevance(np.asarray(embed_memo(outputs)),
+                                                                                test_vectors),
+                     "relevance_threshold": cfg.relevance_threshold} if reply else {})
             got = metrics.evaluate(outputs, test_ref, judge(outputs), test_group, judge_threshold=cfg.judge_threshold,
-                                   chrf_threshold=cfg.chrf_threshold, items=True)
+                                   chrf_threshold=cfg.chrf_threshold, items=True, **task)
             last_items[0] = got.pop("items")  # per-item values of the last evaluation, for the paired tests
             return got
 
         t = time.perf_counter()
-        starter_pool = gen(cfg.learner, pool_text)  # the starter is deterministic: shared by every run
-        starter_metrics = evaluate(gen(cfg.learner, test_text))
+        pool_in, test_in = [seen(t) for t in pool_text], [seen(t) for t in test_text]  # as the learner sees them
+        starter_pool = gen(cfg.learner, pool_in)  # the starter is deterministic: shared by every run
+        starter_metrics = evaluate(gen(cfg.learner, test_in))
         shown = min(cfg.examples, len(test_text))
         examples = [{"input": test_text[i], "references": test_ref[i], "starter": last_outputs[0][i], "final": {}}
                     for i in range(shown)]
@@ -300,8 +313,8 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                 for strategy in cfg.strategies:
                     records.append({"strategy": strategy, "seed": seed, "round": 0, "labeled": 0, "selected": 0,
                                     "accepted": 0, **starter_metrics})
-                    records.extend(_one_run(cfg, strategy, seed, rejected, pool_text, pool_ref, pool_cluster,
-                                            starter_pool, test_text, gen, evaluate, r_score,
+                    records.extend(_one_run(cfg, strategy, seed, rejected, pool_in, pool_ref, pool_cluster,
+                                            starter_pool, test_in, gen, evaluate, r_score,
                                             Path(tmp) / f"{strategy}-{seed}", bar))
                     final_items.setdefault(strategy, []).append(last_items[0])
                     if seed == cfg.seeds[0]:  # the examples show the first seed's last round
@@ -315,10 +328,13 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                  "subgroups": "group column " + cfg.group_col if cfg.group_col else f"KMeans clusters (K={cfg.k})",
                  "test_groups": metrics.group_rates([False] * len(test_group), test_group)},
         "r": R_NAME,
+        "task": {"name": cfg.task, "template": f"{template.name}@{template.version}",
+                 "learner_instruction": template.instruction if cfg.instruction else None,
+                 "failure": _failure_rule(cfg)},
         "judge": judge_info,
         "baselines": baselines,
         "examples": examples,
-        "tests": decide(final_items, test_group),
+        "tests": decide(final_items, test_group, ranked_by_chrf=not reply),
         "training": (f"each round fine-tunes {START[cfg.regime]} on all accepted pairs so far ({cfg.optimizer}, lr"
                      f" {cfg.lr:g}, warm-up {cfg.warmup:g} then linear decay, weight decay {cfg.weight_decay:g}"
                      " except norms and biases)"),
@@ -333,12 +349,35 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     return result
 
 
-def decide(final_items: dict[str, list[dict]], groups: list[object]) -> dict:
+def _learner_view(cfg: SimConfig):
+    """The task's template, and how a text looks to the learner: inside the template's instruction with
+    --instruction (as the live loop does with learner.instruction), else bare."""
+    from loop.rounds import learner_input
+    from loop.teacher import load_template
+
+    template = load_template(cfg.task)
+    instruction = template.instruction if cfg.instruction else ""
+    return template, lambda text: learner_input(instruction, text)
+
+
+def _failure_rule(cfg: SimConfig) -> str:
+    """When a test output counts as a failure, in words for the report."""
+    if cfg.task == "counter_narration":
+        return (f"judged offensive, mostly copied (half or more of its word 3-grams occur in the input), off-topic"
+                f" (embedding cosine with the input under {cfg.relevance_threshold:g}) or degenerate; chrF against"
+                " one human reply is reported but decides nothing (two human replies to the same text score about"
+                " 25 chrF against each other)")
+    return f"judged offensive, or sentence chrF under {cfg.chrf_threshold:g} against its best reference"
+
+
+def decide(final_items: dict[str, list[dict]], groups: list[object], *, ranked_by_chrf: bool = True) -> dict:
     """The paired tests of the last round (loop/stats.py): stratified against every other strategy, and
-    each strategy's error-ratio variance minus its noise floor. Empty without stratified and another."""
+    each strategy's error-ratio variance minus its noise floor. No comparisons without stratified and
+    another; none on chrF where it does not measure the task (counter-narration)."""
     from loop import stats
 
-    per_item = {s: {k: np.array([seed[k] for seed in seeds], dtype=float) for k in seeds[0]}
+    per_item = {s: {k: np.array([seed[k] for seed in seeds], dtype=float) for k in seeds[0]
+                    if ranked_by_chrf or k != "chrf"}
                 for s, seeds in final_items.items()}
     out: dict = {"excess_variance": stats.excess_variance(per_item, groups) if per_item else {}}
     if "stratified" in per_item and len(per_item) > 1:

@@ -141,7 +141,7 @@ COMPARED = [
     ("failure_rate", "failed", "failure rate", False),
     ("offensive_share", "offensive", "share judged offensive", False),
     ("relevance", "relevance", "relevance to the input (embedding cosine)", True),
-    ("copy_share", "copy", "copy penalty (share of output 4-grams copied from the input)", False),
+    ("copy_share", "copy", "copy share (output word 3-grams found in the input)", False),
     ("excess_variance", "failed", "error-ratio variance minus its noise floor", False),
 ]
 DEGENERATE_LIMIT = 0.5  # above this share of loops or empty outputs, task scores describe the loops

@@ -114,3 +114,20 @@ def test_the_variance_floor_is_what_equal_groups_show_by_sampling_alone():
              for _ in range(2000)]
     floor = variance_floor(group_rates([i < 0.3 * len(groups) for i in range(len(groups))], groups))
     assert abs(np.mean(draws) - floor) / floor < 0.1  # the formula matches sampling within 10%
+
+
+def test_copy_share_counts_output_trigrams_found_in_the_input():
+    got = metrics.copy_share(["the cat sat on", "a reply in my own words", "The Cat", ""],
+                             ["the cat sat on the mat", "the cat sat", "the cat sat", "x"])
+    assert got == pytest.approx([1.0, 0.0, 1.0, 0.0])  # "the cat": 2 words -> bigrams
+    assert metrics.copy_share(["the cat sat here now"], ["the cat sat"]) == pytest.approx([1 / 3])
+
+
+def test_a_reply_fails_when_copied_off_topic_or_offensive_not_by_chrf():
+    outs = ["they are bad people", "Most of them work hard.", "Most of them work hard.", "kind words"]
+    ins = ["they are bad people", "they are lazy", "they are lazy", "they are lazy"]
+    got = metrics.evaluate(outs, outs, [0.1, 0.1, 0.9, 0.1], ["a", "a", "b", "b"], inputs=ins,
+                           relevance_scores=[0.9, 0.6, 0.6, 0.1], items=True)
+    assert got["items"]["failed"] == [True, False, True, True]  # copied; fine; offensive; off-topic
+    assert got["items"]["copy"][0] == 1.0 and got["copy_share"] == pytest.approx(0.25)
+    assert got["chrf"] == pytest.approx(100.0)  # chrF against itself is perfect, and decides nothing here

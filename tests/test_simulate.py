@@ -193,3 +193,47 @@ def test_the_paired_tests_compare_stratified_with_every_baseline(result: dict):
         if "p" in c:
             assert 0 < c["p"] <= c["p_holm"] <= 1 and c["low"] <= c["diff"] <= c["high"]
     assert set(tests["excess_variance"]) == set(SimConfig(data="x").strategies)
+
+
+# --- --task counter-narration: its own failure rule and measures that do not reward copying
+GROUPS = ["women", "immigrants", "muslims", "jews", "gay people", "disabled people"]
+CLAIMS = ["are ruining this country", "should not be allowed to vote", "are all criminals", "are lazy and stupid",
+          "do not belong here"]
+
+
+def test_counter_narration_scores_relevance_and_copying_and_says_so(tmp_path: Path, starter_model: Path):
+    rows = [{"hate": f"{g} {c} number {i}", "cn1": f"Most {g} work hard and contribute; claims that they {c} are"
+             f" not supported by evidence {i}.", "cn2": f"Judging all {g} by a stereotype is unfair.", "target": g}
+            for i, (g, c) in enumerate((g, c) for c in CLAIMS for g in GROUPS * 2)]
+    data = tmp_path / "cn.csv"
+    with data.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = SimConfig(data=str(data), task="counter_narration", text_col="hate", reference_col=["cn1", "cn2"],
+                    group_col="target", out_dir=str(tmp_path / "out"), learner=str(starter_model),
+                    judge_data=str(_write_tsv(tmp_path / "judge.tsv", _rows(STARTER, 20))),
+                    cache_dir=str(tmp_path / "cache"), pool_size=40, test_size=18, rounds=1,
+                    budget=8, k=2, seeds=[0, 1], epochs=1, strategies=["stratified", "random"], progress=False)
+    res = run(cfg)
+    copy = res["baselines"]["copy_input"]
+    assert copy["copy_share"] == 1.0 and copy["failure_rate"] == 1.0  # a copy always fails, whatever its chrF
+    assert copy["relevance"] > 0.99 and res["baselines"]["constant"]["copy_share"] < 0.2
+    for r in res["records"]:
+        assert 0 <= r["copy_share"] <= 1 and -1 <= r["relevance"] <= 1
+    assert "chrf" not in {c["metric"] for c in res["tests"]["comparisons"]}  # chrF does not rank replies
+    assert {"relevance", "copy_share"} <= {c["metric"] for c in res["tests"]["comparisons"]}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "(counter-narration: a reply to hateful text)" in report
+    assert "**relevance**" in report and "**copy share**" in report and "off-topic" in report
+    assert "| copy share (word 3-grams found in the input) (↓) |" in report
+
+
+def test_counter_narration_instruction_wraps_the_learner_input():
+    from loop.simulate import _learner_view
+
+    template, seen = _learner_view(SimConfig(data="x", task="counter_narration", instruction=True))
+    assert template.name == "counter_narration" and seen("X") == template.instruction.replace("{text}", "X")
+    assert _learner_view(SimConfig(data="x", task="counter_narration"))[1]("X") == "X"
+    with pytest.raises(SimulateError, match="--task 'poetry'"):
+        SimConfig(data="x", task="poetry").check()
