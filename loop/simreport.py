@@ -20,7 +20,7 @@ CURVES = [
     ("bleu", "BLEU (test, corpus)", True),
     ("offensive_share", "share judged offensive", False),
     ("error_ratio_variance", "error-ratio variance across subgroups", False),
-    ("mtld", "MTLD (threshold 0.72)", True),
+    ("mtld", "MTLD (non-degenerate outputs, threshold 0.72)", True),
     ("failure_rate", "failure rate (rule above the table)", False),
 ]
 
@@ -202,6 +202,11 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         lines.append(f"| {label} ({'↑' if higher else '↓'}) | {starter[key] * scale:.2f} | "
                      + " | ".join(_fmt(summ[key][s], key) for s in strategies) + " |"
                      + "".join(f" {base[b][key] * scale:.2f} |" for b in base))
+    if "degenerate_share" in summ:
+        left = ", ".join([f"starter {starter['degenerate_share']:.0%}"]
+                         + [f"{s} {summ['degenerate_share'][s]['mean']:.0%}" for s in strategies])
+        lines += ["", "MTLD is computed on the non-degenerate outputs only (loops and empty outputs would make it"
+                  f" measure the loops); the share left out is the degenerate row: {left}."]
     if base:
         lines += ["", "Baselines: *copy input* returns the input unchanged; *constant* answers every input with"
                   f" one reply, the pool's most common reference (\"{_short(base['constant'].get('text', ''))}\")."]

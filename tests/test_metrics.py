@@ -131,3 +131,10 @@ def test_a_reply_fails_when_copied_off_topic_or_offensive_not_by_chrf():
     assert got["items"]["failed"] == [True, False, True, True]  # copied; fine; offensive; off-topic
     assert got["items"]["copy"][0] == 1.0 and got["copy_share"] == pytest.approx(0.25)
     assert got["chrf"] == pytest.approx(100.0)  # chrF against itself is perfect, and decides nothing here
+
+
+def test_mtld_in_evaluate_leaves_degenerate_outputs_out():
+    outs = ["the cat sat on the mat today", "are are are are", "a dog ran in the park"]
+    got = metrics.evaluate(outs, outs, [0.1] * 3, ["a"] * 3)
+    assert got["mtld"] == pytest.approx(metrics.mtld([outs[0], outs[2]]))
+    assert got["mtld"] != pytest.approx(metrics.mtld(outs)) and got["degenerate_share"] == pytest.approx(1 / 3)

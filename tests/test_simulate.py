@@ -138,6 +138,7 @@ def test_baselines_examples_and_the_noise_floor_are_in_results_and_report(result
     report = (tiny["dir"] / "all" / "report.md").read_text()
     assert "| copy input | constant |" in report and "## Example outputs" in report
     assert "noise floor of the variance" in report
+    assert "MTLD is computed on the non-degenerate outputs only" in report
 
 
 def test_the_report_warns_when_outputs_loop_or_a_baseline_wins():
