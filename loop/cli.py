@@ -529,6 +529,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="Column with a reference output; repeat it for several. The first plays the teacher; every one"
                    " grades the test split.")
 @click.option("--group-col", default=None, help="Subgroup column for the error-ratio variance (default: clusters).")
+@click.option("--tag-groups", is_flag=True,
+              help="No group column: tag the target group each text mentions (a tagger trained on the bundled"
+                   " ToxiGen demonstrations) and use those groups instead of the clusters.")
 @click.option("--out", "out_dir", default="simulate-out", show_default=True, type=click.Path(file_okay=False),
               help="Where results.json, curves.png, groups.png and report.md go.")
 @click.option("--learner", default="models/starter", show_default=True,

@@ -178,6 +178,13 @@ def markdown(result: dict, curves: str, groups: str) -> str:
               f"{judge['flags_test_references']:.1%} of the human references as offensive"
               + (f"; {judge['overlap_with_test']} test texts also occur in its training data."
                  if "overlap_with_test" in judge else "."), ""]
+    tagger = result["data"].get("tagger")
+    if tagger:
+        lines += [f"Subgroups: a target-group tagger ({tagger['kind']}) trained on `{tagger['trained_on']}`"
+                  f" ({len(tagger['examples']) - 1} groups and `none`); held-out accuracy"
+                  f" {tagger['held_out_accuracy']:.1%} on {tagger['held_out']} demonstrations kept out of training"
+                  f" (always answering the most common class: {tagger['chance']:.1%}). Test items per tag: "
+                  + ", ".join(f"{g} {n}" for g, n in tagger["tagged"].items()) + ".", ""]
     if "failure" in task:
         lines += [f"Task: {TASK_TITLES[task['name']]}; template `{task['template']}`"
                   + (f"; the learner sees its instruction \"{task['learner_instruction']}\"."
@@ -211,6 +218,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         lines += ["", "Baselines: *copy input* returns the input unchanged; *constant* answers every input with"
                   f" one reply, the pool's most common reference (\"{_short(base['constant'].get('text', ''))}\")."]
     lines += _warnings(result, summ, strategies, starter)
+    lines += _per_group(result, strategies, last)
     lines += ["", f"![learning curves]({curves})", "", f"![per-subgroup failure rates]({groups})", ""]
     lines += _examples(result, strategies)
     lines += _tests(result, last)
@@ -299,6 +307,30 @@ def _tests(result: dict, last: int) -> list[str]:
                   for s, v in excess.items()]
         lines.append("")
     return lines
+
+
+def _per_group(result: dict, strategies: list[str], last: int) -> list[str]:
+    """Per-group failure rate for the starter and each strategy (mean over seeds, last round), with the
+    number of test items in each group: the spread the error-ratio variance summarises."""
+    rates: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[str, int] = {}
+    for r in result["records"]:
+        if r["round"] in (0, last) and "groups" in r:
+            who = "starter" if r["round"] == 0 else r["strategy"]
+            for g, v in r["groups"].items():
+                rates[g][who].append(v["rate"])
+                sizes[g] = int(v.get("n", 0))
+    if not rates:
+        return []
+    cols = ["starter", *strategies]
+    lines = [f"## Per-group failure rate after round {last} ({result['data']['subgroups']})", "",
+             "Failure rate in % (mean over seeds); *n* = test items in the group. A group under 10 items moves by"
+             " 10 points or more per item.", "",
+             "| group | n | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for g in sorted(rates, key=lambda g: (-sizes[g], g)):
+        lines.append(f"| {_short(g, 40)} | {sizes[g]} | "
+                     + " | ".join(f"{np.mean(rates[g][c]) * 100:.1f}" if rates[g][c] else "" for c in cols) + " |")
+    return [*lines, ""]
 
 
 def _short(text: str, width: int = 70) -> str:

@@ -53,6 +53,7 @@ class SimConfig:
     text_col: str = "text"
     reference_col: str | list[str] = "reference"  # several: every one is a reference the test split is scored on
     group_col: str | None = None
+    tag_groups: bool = False  # no group column: tag the target group each text mentions (loop/groups.py)
     out_dir: str = "simulate-out"
     learner: str = "models/starter"
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
@@ -86,6 +87,8 @@ class SimConfig:
 
     def check(self) -> None:
         """Raise SimulateError naming the first unusable setting."""
+        if self.tag_groups and self.group_col:
+            raise SimulateError("--tag-groups and --group-col: the data has a group column; use one or the other")
         if self.task not in TASKS:
             raise SimulateError(f"--task {self.task!r}: use {' or '.join(t.replace('_', '-') for t in TASKS)}")
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -258,6 +261,11 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     # the test split is scored against every reference of an item and counted in every group it is in
     test_text, test_ref = [r["text"] for r in test], [r["references"] for r in test]
     test_group = ([r["subgroups"] for r in test] if cfg.group_col else [f"cluster {c}" for c in test_cluster])
+    subgroups = "group column " + cfg.group_col if cfg.group_col else f"KMeans clusters (K={cfg.k})"
+    tagger_info = None
+    if cfg.tag_groups:
+        test_group, tagger_info = _tag(test_text)
+        subgroups = "the target group each text mentions, tagged by loop/groups.py (`none`: no group)"
     pool_text, pool_ref = [r["text"] for r in pool], [r["reference"] for r in pool]
     template, seen = _learner_view(cfg)
     reply = cfg.task == "counter_narration"
@@ -325,7 +333,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         "command": command,
         "config": asdict(cfg),
         "data": {"file": cfg.data, "pool": len(pool), "test": len(test), "skipped_without_reference": skipped,
-                 "subgroups": "group column " + cfg.group_col if cfg.group_col else f"KMeans clusters (K={cfg.k})",
+                 "subgroups": subgroups, "tagger": tagger_info,
                  "test_groups": metrics.group_rates([False] * len(test_group), test_group)},
         "r": R_NAME,
         "task": {"name": cfg.task, "template": f"{template.name}@{template.version}",
@@ -347,6 +355,15 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
 
     simreport.write(result, out)
     return result
+
+
+def _tag(texts: list[str]) -> tuple[list[str], dict]:
+    """Each text's target group from the bundled tagger, and facts about the tagger for the report."""
+    from loop import groups
+
+    tagger = groups.bundled()
+    tags = tagger.tag(texts)
+    return tags, {**tagger.info(), "tagged": {g: tags.count(g) for g in sorted(set(tags))}}
 
 
 def _learner_view(cfg: SimConfig):

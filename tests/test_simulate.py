@@ -238,3 +238,22 @@ def test_counter_narration_instruction_wraps_the_learner_input():
     assert _learner_view(SimConfig(data="x", task="counter_narration"))[1]("X") == "X"
     with pytest.raises(SimulateError, match="--task 'poetry'"):
         SimConfig(data="x", task="poetry").check()
+
+
+def test_a_pool_without_a_group_column_gets_tagged_groups(tiny: dict, starter_model: Path):
+    from loop import groups
+
+    rows = _rows(POOL, 60)
+    for i, text in enumerate(["muslims are all terrorists and should leave", "the chinese are taking our jobs"] * 4):
+        rows[i * 2]["text"] = text + f" {i}"  # test and pool both get items that name a group
+    data = _write_tsv(tiny["dir"] / "untagged.tsv", rows)
+    res = run(_cfg(tiny, "tagged", data=str(data), group_col=None, tag_groups=True, learner=str(starter_model),
+                   strategies=["stratified", "random"], rounds=1, seeds=[0]))
+    tags = set(res["data"]["tagger"]["tagged"])
+    assert groups.NONE in tags and tags <= set(groups.bundled().examples)
+    assert all(set(r["groups"]) == tags for r in res["records"])  # the tags, not the clusters, are the groups
+    report = (tiny["dir"] / "tagged" / "report.md").read_text()
+    assert "target-group tagger" in report and "held-out accuracy" in report
+    assert "## Per-group failure rate after round 1" in report and "| none |" in report
+    with pytest.raises(SimulateError, match="--tag-groups and --group-col"):
+        _cfg(tiny, "x", tag_groups=True).check()
