@@ -393,17 +393,17 @@ def write(result: dict, out: Path) -> dict[str, Path]:
     return {"curves": curves, "groups": groups, "report": report}
 
 
-if __name__ == "__main__":  # rewrite the plots and report of an earlier run: python -m loop.simreport DIR
-    import json
-    import sys
-
-    folder = Path(sys.argv[1])
-    write(json.loads((folder / "results.json").read_text()), folder)
-
-
 def _teacher(columns: str | list[str]) -> str:
     """Which reference column plays the teacher and, with several, that the test split is scored on all."""
     if isinstance(columns, str):
         return f"the `{columns}` column"
     every = ", ".join(f"`{c}`" for c in columns)
     return f"the `{columns[0]}` column (the test split is scored against all of {every})"
+
+
+if __name__ == "__main__":  # rewrite the plots and report of an earlier run: python -m loop.simreport DIR
+    import json
+    import sys
+
+    folder = Path(sys.argv[1])
+    write(json.loads((folder / "results.json").read_text()), folder)
