@@ -208,7 +208,9 @@ def compare(per_item: dict[str, dict[str, np.ndarray]], groups: Sequence[object]
 def excess_variance(per_item: dict[str, dict[str, np.ndarray]], groups: Sequence[object], *, n_boot: int = N_BOOT,
                     seed: int = 0) -> dict[str, dict[str, float]]:
     """Every strategy's error-ratio variance minus its noise floor (mean over seeds), with a 95% bootstrap
-    interval over items: {strategy: {value, low, high}}."""
+    interval over items: {strategy: {value, low, high}}; empty with fewer than two groups (nothing to vary)."""
+    if membership(groups)[1].shape[1] < 2:
+        return {}
     stat = excess_variance_statistic(groups)
     return {s: bootstrap(np.atleast_2d(d["failed"]), stat, n_boot=n_boot, seed=seed)
             for s, d in sorted(per_item.items()) if "failed" in d}

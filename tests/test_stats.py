@@ -96,3 +96,7 @@ def test_everything_failing_makes_the_variance_uninformative_not_a_tie():
     got = {c["metric"]: c["verdict"] for c in stats.compare({"stratified": all_fail, "random": other}, groups)}
     assert got["excess_variance"] == "uninformative: every item fails (the variance is 0 by construction)"
     assert got["failure_rate"] == "uninformative: every item scores 1 under both"
+
+
+def test_one_group_has_no_excess_variance_to_report():
+    assert stats.excess_variance({"random": {"failed": np.ones((2, 10))}}, ["none"] * 10) == {}
