@@ -25,7 +25,7 @@ $(LSVENV)/bin/label-studio:
 	$(LSVENV)/bin/pip install --quiet --upgrade pip
 	$(LSVENV)/bin/pip install --quiet label-studio==1.23.2
 
-$(STARTER): $(STAMP) scripts/build_starter_model.py data/paradetox/starter.tsv
+$(STARTER): $(STAMP) scripts/build_starter_model.py loop/starter.py data/paradetox/starter.tsv
 	$(BIN)/python scripts/build_starter_model.py --out models/starter
 
 install: $(STAMP) $(LSVENV)/bin/label-studio $(STARTER)
