@@ -535,7 +535,12 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--out", "out_dir", default="simulate-out", show_default=True, type=click.Path(file_okay=False),
               help="Where results.json, curves.png, groups.png and report.md go.")
 @click.option("--learner", default="models/starter", show_default=True,
-              help="Seq2seq checkpoint every run starts from.")
+              help="Seq2seq checkpoint every run starts from (ignored with --starter).")
+@click.option("--starter", default=None, metavar="build[:N]",
+              help="Build the starter for this data instead: a small T5 (loop/starter.py) trained on N pairs of"
+                   " --data (default 400) kept out of pool and test, tokenizer fitted on seed and pool rows only;"
+                   " cached in --cache-dir.")
+@click.option("--starter-steps", default=600, show_default=True, help="Training steps of a built starter.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(STRATEGIES),
               help="Strategies to compare (repeatable; default all four).")
@@ -571,9 +576,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--runtime", default="ct2", show_default=True, type=click.Choice(RUNTIMES),
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
-              help="Where the trained judge probe is cached (keyed by the judge data's digest).")
+              help="Where the judge probe and built starters are cached (keyed by their data's digest).")
 @click.option("--quick", is_flag=True,
-              help="A small fast run (pool 200, test 60, 2 rounds of 16, K 4, 1 epoch), overriding those options.")
+              help="A small fast run (pool 200, test 60, 2 rounds of 16, K 4, 1 epoch, a built starter's 150"
+                   " steps), overriding those options.")
 def simulate(**opts: object) -> None:
     """Reproduce the paper offline: strategies side by side, the paper's metrics, plots and a report.
 
@@ -585,6 +591,7 @@ def simulate(**opts: object) -> None:
       labelloop simulate --data data/paradetox/pool.tsv --text-col text --reference-col reference \\
         --rounds 5 --budget 40 --seeds 0,1,2,3,4 --out docs/simulate
       labelloop simulate --data data/paradetox/pool.tsv --quick --out /tmp/sim
+      labelloop simulate --data data/paradetox/pool.tsv --starter build:400 --out /tmp/sim-built
     """
     from loop.simulate import QUICK, SimConfig, run
 

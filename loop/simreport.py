@@ -160,6 +160,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         f"seeds {', '.join(map(str, cfg['seeds']))}; verifier rejects {cfg['reject_rate']:.0%} of the selected "
         f"items; teacher = {_teacher(cfg['reference_col'])}. R (selects) = {result['r']}.",
         f"Learner: `{cfg['learner']}`; {result['training']} ({cfg['epochs']} epochs, lr {cfg['lr']}).",
+        _starter_line(result),
         f"Wall time: {result['timings']['total_s'] / 60:.1f} min ({result['machine']['cpu']}).",
         "",
     ]
@@ -246,6 +247,22 @@ TASK_TITLES = {"style_transfer": "style transfer: offensive to inoffensive rewri
                "counter_narration": "counter-narration: a reply to hateful text"}
 BASELINE_NAMES = {"copy_input": "copy input", "constant": "constant"}
 DEGENERATE_LIMIT = 0.5  # above this share of loops or empty outputs, task scores do not measure quality
+
+
+def _starter_line(result: dict) -> str:
+    """Which starter every run began from and how it was made."""
+    built = result.get("starter")
+    if not built:
+        return ("Starter: the checkpoint given by `--learner`, not built for this data (the bundled models/starter"
+                " learned from 2,000 ParaDetox pairs, and its tokenizer saw all of data/paradetox/pool.tsv, test"
+                " references included).")
+    how = "reused from the cache (built in" if built.get("cached") else "built for this run in"
+    return (f"Starter: built for this data by `{built['built_by']}` (loop/starter.py): a T5 of"
+            f" {built['parameters'] / 1e6:.1f} M parameters trained {built['steps']} steps (batch"
+            f" {built['batch_size']}, lr {built['lr']:g}) on {built['pairs']} pairs of `{built['data']}` kept out of"
+            f" pool and test, plus {built['copy_pairs']} copy pairs (reference to itself); tokenizer fitted on"
+            f" {built['tokenizer_data']}. {how.capitalize()} {built['seconds']:.0f} s"
+            + (")." if built.get("cached") else "."))
 
 
 def _tests(result: dict, last: int) -> list[str]:

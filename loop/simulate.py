@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,9 @@ REGIMES = tuple(START)
 OPTIMIZERS = ("adamw", "adafactor")
 R_NAME = "profanity"  # the auxiliary model R that selects (alt-profanity-check)
 # `simulate --quick`: minutes, not hours, on 2 cores; still 5 seeds (the default) so the tests can decide
-QUICK = {"pool_size": 200, "test_size": 60, "rounds": 2, "budget": 16, "k": 4, "epochs": 1, "examples": 4}
+QUICK = {"pool_size": 200, "test_size": 60, "rounds": 2, "budget": 16, "k": 4, "epochs": 1, "examples": 4,
+         "starter_steps": 150}
+SEED_PAIRS = 400  # `--starter build`: pairs the starter learns from before the budget (a few rounds' worth)
 
 
 
@@ -56,6 +58,8 @@ class SimConfig:
     tag_groups: bool = False  # no group column: tag the target group each text mentions (loop/groups.py)
     out_dir: str = "simulate-out"
     learner: str = "models/starter"
+    starter: str | None = None  # "build[:N]": train the starter on N pairs of `data` kept out of pool and test
+    starter_steps: int = 600  # training steps of a built starter (models/starter's 600)
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # >= 5: see loop/stats.py
     rounds: int = 5
@@ -96,7 +100,10 @@ class SimConfig:
             raise SimulateError(f"--strategy {', '.join(unknown) or '(none)'}: known are {', '.join(STRATEGIES)}")
         if not self.seeds:
             raise SimulateError("--seeds: give at least one seed")
-        for name in ("rounds", "budget", "k", "pool_size", "test_size", "epochs", "batch_size", "max_new_tokens"):
+        if self.starter is not None:
+            seed_pairs(self)  # raises on a malformed --starter
+        for name in ("rounds", "budget", "k", "pool_size", "test_size", "epochs", "batch_size", "max_new_tokens",
+                     "starter_steps"):
             if getattr(self, name) < 1:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not 0 <= self.reject_rate < 1:
@@ -185,6 +192,55 @@ def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
     return pool, test, skipped
 
 
+def seed_pairs(cfg: SimConfig) -> int:
+    """How many pairs `--starter build[:N]` trains the starter on (SEED_PAIRS unless N is given)."""
+    kind, _, n = (cfg.starter or "").partition(":")
+    if kind != "build" or (n and not n.isdigit()) or n == "0":
+        raise SimulateError(f"--starter {cfg.starter!r}: use build, or build:N with N >= 1 pairs")
+    return int(n) if n else SEED_PAIRS
+
+
+def seed_split(cfg: SimConfig, pool: list[dict], test: list[dict]) -> list[dict]:
+    """The rows a built starter learns from: usable rows of `data` whose text is in neither the pool nor
+    the test split, drawn from `split_seed` (pool and test are the same with or without a built starter)."""
+    n = seed_pairs(cfg)
+    usable, _ = _usable(cfg, cfg.data)
+    taken = {r["norm"] for r in pool + test}
+    rest = [r for r in usable if r["norm"] not in taken]
+    if len(rest) < n:
+        raise SimulateError(f"{cfg.data}: {len(rest)} usable rows outside pool and test; --starter build:{n} needs"
+                            f" {n} (lower N, --pool-size or --test-size)")
+    rng = np.random.default_rng([cfg.split_seed, 11])
+    return [rest[i] for i in rng.permutation(len(rest))[:n]]
+
+
+def build_starter(cfg: SimConfig, seed_rows: list[dict], pool: list[dict]) -> tuple[Path, dict]:
+    """Train a starter for this data and task (loop/starter.py) on the seed rows, its tokenizer fitted on
+    seed and pool rows only (never the test split), cached in cache_dir by content; (path, facts)."""
+    from loop import starter
+
+    _, seen = _learner_view(cfg)  # the learner's inputs as fine-tuning will give them
+    pairs = [(seen(r["text"]), r["reference"]) for r in seed_rows]
+    tok_texts = [t for r in seed_rows + pool for t in (seen(r["text"]), r["reference"])]
+    key = hashlib.sha1(json.dumps([pairs, tok_texts, cfg.starter_steps, starter.WIDTH, starter.VOCAB_SIZE,
+                                   starter.COPY_PAIRS]).encode()).hexdigest()[:12]
+    path = Path(cfg.cache_dir) / f"starter-{key}"
+    if not starter.is_built(path):
+        log.info("building a starter on %d seed pairs (%d steps; cached at %s)", len(pairs), cfg.starter_steps, path)
+        t = time.perf_counter()
+        model, tokenizer, facts = starter.train(pairs, tok_texts, steps=cfg.starter_steps, seed=cfg.split_seed,
+                                                progress=cfg.progress)
+        starter.save(model, tokenizer, path, {
+            "built_by": f"labelloop simulate --starter {cfg.starter}", "data": cfg.data, "split_seed": cfg.split_seed,
+            "tokenizer_data": f"the {len(pairs)} seed pairs and the {len(pool)} pool rows (texts and first"
+                              " references); no test rows", **facts, "seconds": round(time.perf_counter() - t, 1)})
+        cached = False
+    else:
+        cached = True
+    meta = json.loads((path / "labelloop.json").read_text(encoding="utf-8"))
+    return path, {**meta, "path": str(path), "cached": cached}
+
+
 def _digest(path: str | Path, *extra: object) -> str:
     h = hashlib.sha1(Path(path).read_bytes())
     h.update(json.dumps(extra, default=str).encode())
@@ -241,13 +297,19 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     from loop.embed import embed
 
     cfg.check()
-    if not (Path(cfg.learner) / "config.json").is_file():
+    if cfg.starter is None and not (Path(cfg.learner) / "config.json").is_file():
         raise SimulateError(f"--learner {cfg.learner}: no model there (build models/starter with "
                             "scripts/build_starter_model.py, or give a seq2seq checkpoint directory)")
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pool, test, skipped = load_split(cfg)
+    built = None
+    if cfg.starter is not None:  # from here on the learner is the starter built for this data
+        t = time.perf_counter()
+        path, built = build_starter(cfg, seed_split(cfg, pool, test), pool)
+        cfg = replace(cfg, learner=str(path))
+        built["wall_s"] = round(time.perf_counter() - t, 1)
     judge_fn, judge_info = build_judge(cfg)
     judge, r_score = _Memo(judge_fn), _Memo(scorer.profanity)
     timings: dict[str, float] = {}
@@ -340,6 +402,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                  "learner_instruction": template.instruction if cfg.instruction else None,
                  "failure": _failure_rule(cfg)},
         "judge": judge_info,
+        "starter": built,
         "baselines": baselines,
         "examples": examples,
         "tests": decide(final_items, test_group, ranked_by_chrf=not reply),

@@ -1,0 +1,83 @@
+"""Tests for simulate's own starter (--starter build:N, loop/starter.py) and its sweep of K (--k 4,8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loop.simulate import SimConfig, SimulateError, build_starter, load_split, run, seed_split
+from tests.test_simulate import POOL, STARTER, _rows, _write_tsv
+
+LEAK = "zqxvbnmwk"  # a word only test references carry: a token of its own if the tokenizer saw them
+POOL_WORD = "plmoknijb"  # a word only pool references carry: the tokenizer must see those
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """100 rows with a group column; test references carry LEAK, pool references POOL_WORD."""
+    d = tmp_path_factory.mktemp("simstarter")
+    rows = [{**r, "group": "even" if i % 2 == 0 else "odd"} for i, r in enumerate(_rows(POOL, 100))]
+    data = _write_tsv(d / "pool.tsv", rows)
+    base = dict(data=str(data), group_col="group", judge_data=str(_write_tsv(d / "judge.tsv", _rows(STARTER, 20))),
+                cache_dir=str(d / "cache"), pool_size=40, test_size=16, rounds=1, budget=8, k=2, seeds=[0, 1],
+                epochs=1, strategies=["stratified", "random"], starter="build:30", starter_steps=8, progress=False)
+    pool, test, _ = load_split(SimConfig(**base))  # the split depends on the row count, not the texts
+    test_refs = {r["reference"] for r in test}
+    pool_refs = {r["reference"] for r in pool}
+    for r in rows:
+        if r["reference"] in test_refs:
+            r["reference"] += f" {LEAK}"
+        elif r["reference"] in pool_refs:
+            r["reference"] += f" {POOL_WORD}"
+    _write_tsv(data, rows)
+    return {"dir": d, "base": base}
+
+
+def _cfg(marked: dict, out: str, **kw) -> SimConfig:
+    return SimConfig(**{**marked["base"], "out_dir": str(marked["dir"] / out), **kw})
+
+
+def test_the_built_starter_learns_from_a_seed_split_outside_pool_and_test_and_never_sees_the_test(marked: dict):
+    from transformers import AutoTokenizer
+
+    cfg = _cfg(marked, "built")
+    pool, test, _ = load_split(cfg)
+    seed = seed_split(cfg, pool, test)
+    assert len(seed) == 30 and not {r["norm"] for r in seed} & {r["norm"] for r in pool + test}
+    assert [r["text"] for r in seed] == [r["text"] for r in seed_split(cfg, pool, test)]  # drawn from split_seed
+
+    res = run(cfg)
+    built = res["starter"]
+    assert built["pairs"] == 30 and built["steps"] == 8 and not built["cached"] and built["seconds"] > 0
+    assert res["config"]["learner"] == built["path"] and res["config"]["starter"] == "build:30"
+    tok = AutoTokenizer.from_pretrained(built["path"])
+    assert len(tok.tokenize(f" {POOL_WORD}")) == 1  # pool references shaped the tokenizer
+    assert len(tok.tokenize(f" {LEAK}")) > 1  # test references did not
+    report = (marked["dir"] / "built" / "report.md").read_text()
+    assert "Starter: built for this data by `labelloop simulate --starter build:30`" in report
+    assert "on 30 pairs of" in report and "no test rows" in report
+
+    again, facts = build_starter(cfg, seed, pool)  # same data, seed and size: the cache, no rebuild
+    assert str(again) == built["path"] and facts["cached"]
+    other, _ = build_starter(_cfg(marked, "x", starter_steps=9), seed, pool)
+    assert other != again  # another build setting is another starter
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"starter": "buld"}, "--starter 'buld': use build"),
+    ({"starter": "build:0"}, "--starter 'build:0'"),
+    ({"starter": "build:45"}, "44 usable rows outside pool and test; --starter build:45 needs 45"),
+])
+def test_bad_starter_settings_are_clear_errors(marked: dict, kw: dict, message: str):
+    cfg = _cfg(marked, "bad", **kw)
+    with pytest.raises(SimulateError, match=message):
+        cfg.check()
+        pool, test, _ = load_split(cfg)
+        seed_split(cfg, pool, test)
+
+
+def test_the_report_names_a_given_starter(tmp_path: Path):
+    from loop.simreport import _starter_line
+
+    assert "the checkpoint given by `--learner`" in _starter_line({"starter": None})
