@@ -507,7 +507,7 @@ def _studio_records(settings: Settings, rounds: tuple[int, ...], verdicts: list[
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    """Parse "0,1,2" into [0, 1, 2] for --seeds."""
+    """Parse "0,1,2" into [0, 1, 2] for --seeds and --k."""
     try:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
@@ -548,7 +548,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="Comma-separated seeds (at least 5 for the sign test over seeds to mean anything).")
 @click.option("--rounds", default=5, show_default=True, help="Rounds per run.")
 @click.option("--budget", default=40, show_default=True, help="Items selected per round (N).")
-@click.option("--k", default=8, show_default=True, help="KMeans clusters (K).")
+@click.option("--k", default="8", show_default=True, callback=_int_list,
+              help="KMeans clusters (K). Several (4,8,16): the first is the main run's; stratified runs again at"
+                   " each, tested against random (the other strategies run once).")
 @click.option("--pool-size", default=2000, show_default=True, help="Selectable pool items.")
 @click.option("--test-size", default=400, show_default=True, help="Held-out test items (never selected).")
 @click.option("--test-data", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -578,8 +580,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the judge probe and built starters are cached (keyed by their data's digest).")
 @click.option("--quick", is_flag=True,
-              help="A small fast run (pool 200, test 60, 2 rounds of 16, K 4, 1 epoch, a built starter's 150"
-                   " steps), overriding those options.")
+              help="A small fast run (pool 200, test 60, 2 rounds of 16, K 4 (a sweep's other K stay), 1 epoch, a"
+                   " built starter's 150 steps), overriding those options.")
 def simulate(**opts: object) -> None:
     """Reproduce the paper offline: strategies side by side, the paper's metrics, plots and a report.
 
@@ -592,9 +594,14 @@ def simulate(**opts: object) -> None:
         --rounds 5 --budget 40 --seeds 0,1,2,3,4 --out docs/simulate
       labelloop simulate --data data/paradetox/pool.tsv --quick --out /tmp/sim
       labelloop simulate --data data/paradetox/pool.tsv --starter build:400 --out /tmp/sim-built
+      labelloop simulate --data data/paradetox/pool.tsv --quick --k 4,8,16 --out /tmp/sim-k
     """
     from loop.simulate import QUICK, SimConfig, run
 
+    ks = opts.pop("k")
+    if not ks:
+        raise click.BadParameter("give at least one K", param_hint="--k")
+    opts.update(k=ks[0], k_sweep=ks if len(ks) > 1 else [])  # type: ignore[index]
     if opts.pop("quick"):
         opts.update(QUICK)
     opts["strategies"] = list(opts["strategies"]) or list(STRATEGIES)

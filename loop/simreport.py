@@ -223,6 +223,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
     lines += ["", f"![learning curves]({curves})", "", f"![per-subgroup failure rates]({groups})", ""]
     lines += _examples(result, strategies)
     lines += _tests(result, last)
+    lines += _k_sweep(result, last)
     lines += ["Against the starter (round 0, before any selection), after the last round (descriptive: whether"
               " every seed ends on one side of the starter's value; not a test):", ""]
     for key, label, higher in CURVES:
@@ -288,16 +289,7 @@ def _tests(result: dict, last: int) -> list[str]:
     if comparisons:
         lines += ["| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
                   "|---|---|---|---|---|---|---|"]
-        for c in comparisons:
-            if "p" not in c:
-                lines.append(f"| {c['label']} | {c['against']} | | | | | {c['verdict']} |")
-                continue
-            k = _scale(c["metric"])
-            ahead = c["sign"]["positive" if c["higher_better"] else "negative"]
-            lines.append(f"| {c['label']} ({'↑' if c['higher_better'] else '↓'}) | {c['against']} | "
-                         f"{c['diff'] * k:+.2f} [{c['low'] * k:+.2f}, {c['high'] * k:+.2f}] | {c['p']:.3f} | "
-                         f"{c['p_holm']:.3f} | {ahead} of {method['seeds']} (p {c['sign']['p']:.2f}) | "
-                         f"**{c['verdict']}** |")
+        lines += [_test_row(c, c["against"], method["seeds"]) for c in comparisons]
         lines += ["", "What the tests allow one to say:", ""]
         for verdict in ("better", "worse"):
             found = [c for c in comparisons if c["verdict"] == verdict]
@@ -323,6 +315,49 @@ def _tests(result: dict, last: int) -> list[str]:
         lines += [f"| {s} | {v['value'] * 1000:+.2f} [{v['low'] * 1000:+.2f}, {v['high'] * 1000:+.2f}] |"
                   for s, v in excess.items()]
         lines.append("")
+    return lines
+
+
+def _test_row(c: dict, against: str, seeds: int) -> str:
+    """One paired test as a table row: metric, what it is against, difference, p-values, seeds, verdict."""
+    if "p" not in c:
+        return f"| {c['label']} | {against} | | | | | {c['verdict']} |"
+    k = _scale(c["metric"])
+    ahead = c["sign"]["positive" if c["higher_better"] else "negative"]
+    return (f"| {c['label']} ({'↑' if c['higher_better'] else '↓'}) | {against} | "
+            f"{c['diff'] * k:+.2f} [{c['low'] * k:+.2f}, {c['high'] * k:+.2f}] | {c['p']:.3f} | "
+            f"{c['p_holm']:.3f} | {ahead} of {seeds} (p {c['sign']['p']:.2f}) | **{c['verdict']}** |")
+
+
+def _k_sweep(result: dict, last: int) -> list[str]:
+    """Stratified at every K of the sweep against random: the metrics per K, then the paired tests of each
+    K against random, Holm-corrected over the whole sweep."""
+    sweep = result.get("k_sweep")
+    if not sweep:
+        return []
+    arms = [f"K={k}" for k in sweep["ks"]] + ["random"]
+    tested = [c for c in sweep["comparisons"] if "p" in c]
+    seeds = len(result["config"]["seeds"])
+    lines = [f"## How many clusters? Stratified at K = {', '.join(map(str, sweep['ks']))} against random, after round"
+             f" {last}", "",
+             f"Stratified selection ran again at each K (KMeans refitted on the pool at that K; K = {sweep['main_k']}"
+             " is the main run above), with the same seeds, verifier verdicts and test split; random does not"
+             f" depend on K and ran once. Values are means over the {seeds} seeds and the test items (sentence chrF,"
+             " not the corpus chrF of the headline; shares in %; variance − floor x 1000, over the subgroups"
+             " above). Each K is tested against random with the paired tests above; Holm's correction covers all"
+             f" {len(tested)} tests of the sweep together.", "",
+             "| metric | " + " | ".join(arms) + " |", "|" + "---|" * (len(arms) + 1)]
+    for name, label in sweep["metrics"].items():
+        if all(name in sweep["values"][a] for a in arms):
+            lines.append(f"| {label} | " + " | ".join(f"{sweep['values'][a][name] * _scale(name):.2f}"
+                                                      for a in arms) + " |")
+    lines += ["", "| metric | K (vs random) | difference [95% CI] | p | p (Holm) | seeds K ahead | verdict |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [_test_row(c, f"K={c['k']}", seeds) for c in sweep["comparisons"]]
+    calls = [f"K={c['k']} is **{c['verdict']}** than random on {c['label']} (adjusted p {c['p_holm']:.3f})"
+             for c in tested if c["verdict"] in ("better", "worse")]
+    lines += ["", ("; ".join(calls) + "." if calls else
+                   "No K differs from random on any metric after the correction: this sweep cannot pick a K."), ""]
     return lines
 
 

@@ -65,6 +65,7 @@ class SimConfig:
     rounds: int = 5
     budget: int = 40
     k: int = 8
+    k_sweep: list[int] = field(default_factory=list)  # stratified again at each K, against random (paper's Q3)
     pool_size: int = 2000
     test_size: int = 400
     split_seed: int = 0
@@ -106,6 +107,11 @@ class SimConfig:
                      "starter_steps"):
             if getattr(self, name) < 1:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.k_sweep and not {"stratified", "random"} <= set(self.strategies):
+            raise SimulateError("--k " + ",".join(map(str, self.k_sweep)) + ": the sweep tests stratified at each K"
+                                " against random; keep both in --strategy")
+        if any(k < 1 for k in self.k_sweep):
+            raise SimulateError(f"--k: every K must be >= 1 (got {','.join(map(str, self.k_sweep))})")
         if not 0 <= self.reject_rate < 1:
             raise SimulateError(f"--reject-rate must be in [0, 1) (got {self.reject_rate})")
         if self.regime not in REGIMES:
@@ -375,7 +381,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         timings["starter_s"] = time.perf_counter() - t
         records: list[dict] = []
         final_items: dict[str, list[dict]] = {}  # strategy -> per-item values of each seed's last round
-        total = len(cfg.strategies) * len(cfg.seeds) * cfg.rounds
+        total = (len(cfg.strategies) + len(set(cfg.k_sweep) - {cfg.k})) * len(cfg.seeds) * cfg.rounds
         with tqdm(total=total, desc="simulate", disable=not cfg.progress) as bar:
             for seed in cfg.seeds:
                 # the verifier's verdict on an item depends on the seed only, so strategies meet the same verdicts
@@ -390,6 +396,14 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                     if seed == cfg.seeds[0]:  # the examples show the first seed's last round
                         for i, ex in enumerate(examples):
                             ex["final"][strategy] = last_outputs[0][i]
+
+            def stratified_at(seed: int, clusters: np.ndarray, k: int) -> dict:
+                rejected = np.random.default_rng([seed, 7]).random(len(pool)) < cfg.reject_rate  # as above
+                _one_run(cfg, "stratified", seed, rejected, pool_in, pool_ref, clusters, starter_pool, test_in, gen,
+                         evaluate, r_score, Path(tmp) / f"stratified-k{k}-{seed}", bar)
+                return last_items[0]
+
+            sweep = _k_sweep(cfg, vectors[: len(pool)], final_items, test_group, not reply, stratified_at)
     timings["total_s"] = time.perf_counter() - t_start
     result = {
         "command": command,
@@ -406,6 +420,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         "baselines": baselines,
         "examples": examples,
         "tests": decide(final_items, test_group, ranked_by_chrf=not reply),
+        "k_sweep": sweep,
         "training": (f"each round fine-tunes {START[cfg.regime]} on all accepted pairs so far ({cfg.optimizer}, lr"
                      f" {cfg.lr:g}, warm-up {cfg.warmup:g} then linear decay, weight decay {cfg.weight_decay:g}"
                      " except norms and biases)"),
@@ -456,15 +471,48 @@ def decide(final_items: dict[str, list[dict]], groups: list[object], *, ranked_b
     another; none on chrF where it does not measure the task (counter-narration)."""
     from loop import stats
 
-    per_item = {s: {k: np.array([seed[k] for seed in seeds], dtype=float) for k in seeds[0]
-                    if ranked_by_chrf or k != "chrf"}
-                for s, seeds in final_items.items()}
+    per_item = {s: _per_item(seeds, ranked_by_chrf) for s, seeds in final_items.items()}
     out: dict = {"excess_variance": stats.excess_variance(per_item, groups) if per_item else {}}
     if "stratified" in per_item and len(per_item) > 1:
         out["comparisons"] = stats.compare(per_item, groups)
     out["method"] = {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "seeds": len(next(iter(final_items.values()), [])),
                      "pooling": "per-item values averaged over seeds, items resampled (paired by item)"}
     return out
+
+
+def _per_item(seeds: list[dict], ranked_by_chrf: bool) -> dict[str, np.ndarray]:
+    """One strategy's per-item values of each seed's last round as (seeds, items) arrays, for loop/stats.py."""
+    return {k: np.array([seed[k] for seed in seeds], dtype=float) for k in seeds[0] if ranked_by_chrf or k != "chrf"}
+
+
+def _k_sweep(cfg: SimConfig, pool_vectors: np.ndarray, final_items: dict[str, list[dict]], groups: list[object],
+             ranked_by_chrf: bool, stratified_at: Callable[[int, np.ndarray, int], dict]) -> dict | None:
+    """Stratified selection at every K of `k_sweep` (clusters refitted on the pool; the main K's runs are
+    reused), each against random with the paired tests of loop/stats.py, Holm-corrected over every K and
+    metric together. `stratified_at(seed, clusters, k)` runs one seed and returns its last per-item values."""
+    if not cfg.k_sweep:
+        return None
+    from loop import stats
+    from loop.cluster import fit as fit_clusters
+
+    runs = {}
+    for k in dict.fromkeys(cfg.k_sweep):
+        clusters = fit_clusters(pool_vectors, k=k, seed=cfg.split_seed)[0] if k != cfg.k else None
+        runs[k] = (final_items["stratified"] if clusters is None
+                   else [stratified_at(seed, clusters, k) for seed in cfg.seeds])
+    arms = {f"K={k}": _per_item(seeds, ranked_by_chrf) for k, seeds in runs.items()}
+    arms["random"] = _per_item(final_items["random"], ranked_by_chrf)
+    values: dict[str, dict[str, float]] = {}
+    for arm, items in arms.items():
+        ones = np.ones((1, len(groups)))
+        values[arm] = {name: float(stats.statistic_of(name, groups)(np.atleast_2d(items[key]), ones)[0])
+                       for name, key, _, _ in stats.COMPARED if key in items}
+    comparisons = []
+    for k in runs:
+        for c in stats.compare({f"K={k}": arms[f"K={k}"], "random": arms["random"]}, groups, reference=f"K={k}"):
+            comparisons.append({**c, "k": k})
+    return {"ks": list(runs), "main_k": cfg.k, "values": values, "comparisons": stats.holm_verdicts(comparisons),
+            "metrics": {name: label for name, _, label, _ in stats.COMPARED}}
 
 
 def _constant_reply(references: list[str]) -> str:

@@ -191,18 +191,30 @@ def compare(per_item: dict[str, dict[str, np.ndarray]], groups: Sequence[object]
             if why:
                 out.append({**row, "verdict": f"uninformative: {why}"})
                 continue
-            stat = excess_variance_statistic(groups) if name == "excess_variance" else mean_statistic
+            stat = statistic_of(name, groups)
             ones = np.ones((1, a.shape[1]))
             per_seed = [float(stat(a[s:s + 1], ones)[0] - stat(b[s:s + 1], ones)[0]) for s in range(len(a))]
             out.append({**row, **paired_bootstrap(a, b, stat, n_boot=n_boot, seed=seed), "sign": sign_test(per_seed)})
-    tested = [c for c in out if "p" in c]
+    return holm_verdicts(out)
+
+
+def holm_verdicts(comparisons: list[dict]) -> list[dict]:
+    """Holm's correction over every tested comparison given (those with a "p"; uninformative ones keep
+    their verdict), setting p_holm and the verdict in place; returns the same list. Call it once over a
+    whole family (e.g. several calls of `compare`) to correct for all of its tests together."""
+    tested = [c for c in comparisons if "p" in c]
     for c, adjusted in zip(tested, holm([c["p"] for c in tested]), strict=True):
         c["p_holm"] = adjusted
         if adjusted >= ALPHA:
             c["verdict"] = "no significant difference"
         else:
             c["verdict"] = "better" if (c["diff"] > 0) == c["higher_better"] else "worse"
-    return out
+    return comparisons
+
+
+def statistic_of(name: str, groups: Sequence[object]) -> Statistic:
+    """The statistic a compared metric is tested on: the excess variance over `groups`, else the mean."""
+    return excess_variance_statistic(groups) if name == "excess_variance" else mean_statistic
 
 
 def excess_variance(per_item: dict[str, dict[str, np.ndarray]], groups: Sequence[object], *, n_boot: int = N_BOOT,

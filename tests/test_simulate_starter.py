@@ -81,3 +81,39 @@ def test_the_report_names_a_given_starter(tmp_path: Path):
     from loop.simreport import _starter_line
 
     assert "the checkpoint given by `--learner`" in _starter_line({"starter": None})
+
+
+# --- the sweep of K (the paper's question 3): stratified at each K against random, one Holm family
+def test_a_sweep_of_k_runs_stratified_at_each_k_and_tests_each_against_random(marked: dict, starter_model: Path):
+    cfg = _cfg(marked, "sweep", starter=None, learner=str(starter_model), k=2, k_sweep=[2, 3],
+               strategies=["stratified", "random", "global_top"])
+    res = run(cfg)
+    sweep = res["k_sweep"]
+    assert sweep["ks"] == [2, 3] and set(sweep["values"]) == {"K=2", "K=3", "random"}
+    # K=2 is the main run's stratified: its per-item failure rate is the headline's
+    main = [r for r in res["records"] if r["strategy"] == "stratified" and r["round"] == 1]
+    assert sweep["values"]["K=2"]["failure_rate"] == pytest.approx(sum(r["failure_rate"] for r in main) / len(main))
+    assert {r["strategy"] for r in res["records"]} == {"stratified", "random", "global_top"}  # no extra records
+    tested = [c for c in sweep["comparisons"] if "p" in c]
+    assert tested and {c["against"] for c in sweep["comparisons"]} == {"random"}
+    assert {c["k"] for c in sweep["comparisons"]} == {2, 3}
+    from loop.stats import holm
+
+    assert [c["p_holm"] for c in tested] == holm([c["p"] for c in tested])  # one family over every K and metric
+    report = (marked["dir"] / "sweep" / "report.md").read_text()
+    assert "## How many clusters? Stratified at K = 2, 3 against random, after round 1" in report
+    assert "| metric | K=2 | K=3 | random |" in report and "| failure rate (↓) | K=3 |" in report
+    with pytest.raises(SimulateError, match="--k 2,3: the sweep tests stratified at each K against random"):
+        _cfg(marked, "x", k_sweep=[2, 3], strategies=["stratified", "global_top"]).check()
+
+
+def test_the_cli_takes_several_k(marked: dict, starter_model: Path):
+    from click.testing import CliRunner
+
+    from loop.cli import main
+
+    got = CliRunner().invoke(main, ["simulate", "--data", marked["base"]["data"], "--k", "2,x"])
+    assert got.exit_code == 2 and "expected comma-separated integers" in got.output
+    got = CliRunner().invoke(main, ["simulate", "--data", marked["base"]["data"], "--k", "2,3", "--strategy",
+                                    "stratified", "--out", str(marked["dir"] / "cli")])
+    assert got.exit_code == 1 and "keep both in --strategy" in got.output
