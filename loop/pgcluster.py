@@ -211,6 +211,7 @@ def start(data_dir: Path, password: str, *, port: int | None = None, timeout: fl
     (None: a free port), make sure Label Studio's database exists, and return the running cluster.
     Raises LocalStudioError with the server's log when it does not come up."""
     data_dir = Path(data_dir).absolute()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     bins = find_binaries()
     account = _account()
     path = data_dir / CLUSTER_DIR
