@@ -40,10 +40,11 @@ def _write(data_dir: Path, data: dict[str, dict]) -> None:
     os.replace(tmp, path)
 
 
-def record(data_dir: Path, name: str, pid: int, marker: str) -> None:
-    """Remember a started child: its pid and a word its command line contains (to tell a reused pid)."""
+def record(data_dir: Path, name: str, pid: int, marker: str, stop_signal: int = signal.SIGTERM) -> None:
+    """Remember a started child: its pid, a word its command line contains (to tell a reused pid) and the
+    signal that stops it cleanly (PostgreSQL: SIGINT, as SIGTERM waits for its clients to leave)."""
     data = _read(data_dir)
-    data[name] = {"pid": pid, "marker": marker}
+    data[name] = {"pid": pid, "marker": marker, "signal": int(stop_signal)}
     _write(data_dir, data)
 
 
@@ -63,9 +64,10 @@ def _alive_as(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
-def stop_pid(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM a child's process group (each child leads its own session), then SIGKILL after `timeout`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_pid(pid: int, timeout: float = 15.0, first: int = signal.SIGTERM) -> None:
+    """Signal a child's process group with `first` (each child leads its own session), then SIGKILL after
+    `timeout`."""
+    for sig in (first, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
@@ -90,7 +92,7 @@ def stop_orphans(data_dir: Path) -> list[str]:
         pid, marker = int(info.get("pid", 0)), str(info.get("marker", ""))
         if pid > 0 and marker and _alive_as(pid, marker):
             log.warning("stopping %s (pid %d), left running by an earlier run that did not stop it", name, pid)
-            stop_pid(pid)
+            stop_pid(pid, first=int(info.get("signal", signal.SIGTERM)))
             stopped.append(name)
         forget(data_dir, name)
     return stopped

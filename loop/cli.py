@@ -308,6 +308,8 @@ def _serve(settings: Settings, *, demo_rounds: int | None, timeout: float, with_
             # the password goes to an interactive terminal only, never into a redirected log
             secret = local.password if sys.stdout.isatty() else f"(in {local.data_dir / 'credentials.json'})"
             console.print(f"  login       {local.username} / {secret}")
+            if local.postgres is not None:
+                console.print(f"  database    PostgreSQL on 127.0.0.1:{local.postgres.port} ({local.postgres.path})")
         console.print(f"ML backend    {services.backend_url}")
         console.print(f"ledger        {settings.ledger_path}")
         console.print("Ctrl-C stops everything; the next run resumes where the ledger says it was.")

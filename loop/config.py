@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loop.errors import ConfigError
-from loop.vocab import RUNTIMES, SKIP_POLICIES, STRATEGIES, TASKS
+from loop.vocab import RUNTIMES, SKIP_POLICIES, STRATEGIES, STUDIO_DATABASES, TASKS
 
 INSTANCE_ENV = "LABELLOOP_INSTANCE"  # a nonce the backend's /health echoes: the run that started it knows it
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
@@ -169,6 +169,11 @@ class TeacherSettings(_Section):
 class StudioSettings(_Section):
     url: str | None = Field(None, description="an existing Label Studio; None starts a local one")
     port: int = Field(8080, ge=1, le=65535)
+    database: Literal[STUDIO_DATABASES] = Field(
+        "sqlite", description="the local Label Studio's database: a SQLite file, or a private PostgreSQL cluster in"
+        " data_dir/label-studio/postgres (needs PostgreSQL's server programs; see README). Ignored with `url`")
+    postgres_port: int | None = Field(None, ge=1, le=65535, description="where that cluster listens on 127.0.0.1;"
+                                      " None: a free port at each start")
     show_subgroup: bool = Field(False, description="show each task's subgroup(s) to annotators, under the text")
     project_title: str = "labelloop"
     project_id: int | None = None

@@ -2,7 +2,8 @@
 `make demo` and the tests.
 
 The server runs from its own virtual environment (it pins Django, pandas, numpy, ... exactly), bound to
-127.0.0.1 only, with its SQLite database and media under one data directory. Credentials (password,
+127.0.0.1 only, with its database and media under one data directory: a SQLite file, or a private
+PostgreSQL cluster (loop/pgcluster.py) started before it and stopped after it. Credentials (password,
 legacy API token, Django SECRET_KEY) are generated on the first start, stored in
 ``data_dir/credentials.json`` (mode 0600) and reused afterwards: Label Studio applies the user, password
 and token only when the user is first created.
@@ -28,7 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loop import pgcluster
 from loop.errors import LocalStudioError  # noqa: F401 (re-exported: callers catch it from here too)
+from loop.vocab import STUDIO_DATABASES
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class LocalStudio:
     data_dir: Path
     pid: int | None
     _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    postgres: pgcluster.Cluster | None = None  # its database server, when it runs on PostgreSQL
 
     @property
     def log_path(self) -> Path:
@@ -155,6 +159,7 @@ def _load_or_create_credentials(data_dir: Path) -> dict[str, str]:
             creds = json.loads(path.read_text())
             if all(isinstance(creds.get(k), str) and creds[k] for k in ("username", "password", "token")):
                 creds.setdefault("secret_key", _new_secret_key())
+                creds.setdefault("postgres_password", secrets.token_urlsafe(24))
                 _write_private_json(path, creds)
                 return creds
         except (OSError, ValueError) as exc:
@@ -165,6 +170,7 @@ def _load_or_create_credentials(data_dir: Path) -> dict[str, str]:
         "password": secrets.token_urlsafe(18),
         "token": secrets.token_hex(20),  # 40 chars, the longest Label Studio accepts
         "secret_key": _new_secret_key(),
+        "postgres_password": secrets.token_urlsafe(24),  # the private cluster's, when database = postgresql
     }
     _write_private_json(path, creds)
     log.info("generated Label Studio credentials in %s", path)
@@ -335,14 +341,19 @@ def start(
     venv_dir: Path = Path(".venv-ls"),
     timeout: float = 180,
     version: str = DEFAULT_VERSION,
+    database: str = "sqlite",
+    postgres_port: int | None = None,
 ) -> LocalStudio:
-    """Start a headless Label Studio bound to 127.0.0.1:port with its data in data_dir; wait until
-    /health answers and the API token works; return the handle.
+    """Start a headless Label Studio bound to 127.0.0.1:port with its data in data_dir, on SQLite or on
+    a private PostgreSQL cluster in data_dir/postgres (listening on 127.0.0.1:postgres_port, None: a free
+    port); wait until /health answers and the API token works; return the handle.
 
     If the port already serves a Label Studio that accepts the stored token, that server is reused
     (pid=None; stop() leaves it alone)."""
     if not 0 < int(port) < 65536:
         raise ValueError(f"port must be in 1..65535, got {port}")
+    if database not in STUDIO_DATABASES:
+        raise ValueError(f"database must be one of {list(STUDIO_DATABASES)}, got {database!r}")
     data_dir = Path(data_dir).absolute()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the database holds the tokens
     creds = _load_or_create_credentials(data_dir)
@@ -359,6 +370,10 @@ def start(
 
     exe = ensure_installed(_resolve_venv(Path(venv_dir)), version)
     env = _server_env(data_dir, creds)
+    postgres = None
+    if database == "postgresql":
+        postgres = pgcluster.start(data_dir, creds["postgres_password"], port=postgres_port)
+        env.update(postgres.django_env())
     cmd = [
         str(exe),
         "start",
@@ -375,18 +390,24 @@ def start(
     ]
     log_path = data_dir / LOG_FILE
     t0 = time.monotonic()
-    with open(log_path, "ab") as log_fh:
-        log_offset = log_fh.tell()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=data_dir,
-            start_new_session=True,
-        )
-    studio = LocalStudio(url, creds["username"], creds["password"], creds["token"], data_dir, proc.pid, proc)
+    try:
+        with open(log_path, "ab") as log_fh:
+            log_offset = log_fh.tell()
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=data_dir,
+                start_new_session=True,
+            )
+    except BaseException:
+        if postgres is not None:
+            pgcluster.stop(postgres)
+        raise
+    studio = LocalStudio(url, creds["username"], creds["password"], creds["token"], data_dir, proc.pid, proc,
+                         postgres)
     log.info("starting Label Studio (pid %d) at %s, data in %s, log %s", proc.pid, url, data_dir, log_path)
     try:
         _wait_ready(studio, proc, deadline=t0 + timeout, log_offset=log_offset)
@@ -431,10 +452,18 @@ def _wait_ready(studio: LocalStudio, proc: subprocess.Popen, deadline: float, lo
 
 
 def stop(studio: LocalStudio, timeout: float = 15) -> None:
-    """SIGTERM the server's process group, wait up to timeout, then SIGKILL it. No-op for a reused
-    server (pid None)."""
+    """SIGTERM the server's process group, wait up to timeout, then SIGKILL it; then stop its PostgreSQL
+    server, if any. No-op for a reused server (pid None)."""
     if studio.pid is None:
         return
+    try:
+        _stop_server(studio, timeout)
+    finally:
+        if studio.postgres is not None:
+            pgcluster.stop(studio.postgres)
+
+
+def _stop_server(studio: LocalStudio, timeout: float) -> None:
     pid, proc = studio.pid, studio._proc
     studio.pid = None
     studio._proc = None

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -194,9 +195,13 @@ def start(settings: Settings, *, progress: bool = True, with_backend: bool = Tru
                 )
             studio_url, api_key = settings.studio.url, key.get_secret_value()
         else:
-            local = localstudio.start(settings.data_dir / "label-studio", port=settings.studio.port)
+            local = localstudio.start(settings.data_dir / "label-studio", port=settings.studio.port,
+                                      database=settings.studio.database, postgres_port=settings.studio.postgres_port)
             if local.pid is not None:
                 children.record(settings.data_dir, "label-studio", local.pid, marker="label-studio")
+            if local.postgres is not None:
+                children.record(settings.data_dir, "postgres", local.postgres.pid, marker=local.postgres.marker,
+                                stop_signal=signal.SIGINT)
             studio_url, api_key = local.url, local.token
         if with_backend:
             backend, backend_url = start_backend(settings)
@@ -221,7 +226,7 @@ def stop(services: Services) -> None:
         localstudio.stop(services.local_studio)
         services.stopped.append("label-studio")
     if data_dir is not None:
-        for name in ("backend", "label-studio"):
+        for name in ("backend", "label-studio", "postgres"):
             children.forget(data_dir, name)
     if services.lock is not None:
         services.lock.release()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -395,11 +396,19 @@ class Studio:
                 raise StudioError(f"{what} (project {project_id})", None, "the server ignored the task id filter")
             last = newest
 
-    def _key_copies(self, project_id: int) -> dict[str, list[TaskCopy]]:
-        """The keyed tasks of a project by key, with what each holds (duplicates of a key included)."""
+    def _key_copies(self, project_id: int, wanted: set[str] | None = None) -> dict[str, list[TaskCopy]]:
+        """The keyed tasks of a project by key, with what each holds (duplicates of a key included). With
+        `wanted`, at least every task of those keys: only tasks whose key contains the keys' common prefix
+        are read (Label Studio filters them in its database), so that importing round 5's batch does not
+        read every task of rounds 1 to 4 first (10,000 tasks take longer to read than to import)."""
         copies: dict[str, list[TaskCopy]] = {}
         include = "id,data,total_predictions,total_annotations,cancelled_annotations"
-        for task in self._iter_tasks(project_id, "list task keys", fields="task_only", include=include):
+        prefix = os.path.commonprefix([min(wanted), max(wanted)]) if wanted else ""
+        # "contains", case-insensitive, reads a superset of the prefix's tasks: all this needs
+        query = {"filters": {"conjunction": "and", "items": [
+            {"filter": f"filter:tasks:data.{KEY_FIELD}", "operator": "contains", "type": "String", "value": prefix}
+        ]}} if prefix else None
+        for task in self._iter_tasks(project_id, "list task keys", query=query, fields="task_only", include=include):
             key = (task.data or {}).get(KEY_FIELD)
             if key is not None:
                 worked = int(getattr(task, "total_annotations", 0) or 0) + int(
@@ -416,7 +425,7 @@ class Studio:
     def _resolve_keys(self, project_id: int, wanted: set[str]) -> tuple[dict[str, int], set[str]]:
         """key -> task id in the project, after deleting the duplicate tasks of the `wanted` keys; and the
         wanted keys whose task has no prediction."""
-        use, delete, bare = resolve_copies(self._key_copies(project_id), wanted)
+        use, delete, bare = resolve_copies(self._key_copies(project_id, wanted), wanted)
         if delete:
             log.warning("project %s holds %d duplicate tasks of keys being imported (an import committed twice);"
                         " deleting them: %s", project_id, len(delete), delete[:20])

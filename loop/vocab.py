@@ -28,6 +28,9 @@ RANDOM_STRATEGIES = ("random", "cluster_random")  # top-ups draw at random for t
 # How the learner generates (loop/learner.py, loop/runtime.py).
 RUNTIMES = ("hf", "ct2", "ct2-int8")
 
+# The databases a local Label Studio can run on (loop/localstudio.py; postgresql: loop/pgcluster.py).
+STUDIO_DATABASES = ("sqlite", "postgresql")
+
 # The round state machine (loop/rounds.py), in order.
 ROUND_STATES = ("selected", "distilled", "imported", "verifying", "training", "done")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,18 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStud
     data_dir = tmp_path_factory.mktemp("label-studio")
     with running(data_dir, port=_free_port(), venv_dir=ROOT / ".venv-ls", timeout=180) as studio:
         yield studio
+
+
+@pytest.fixture
+def pg_data_dir() -> Iterator[Path]:
+    """A fresh folder for a PostgreSQL cluster, removed afterwards. Under the system's temp dir, not pytest's:
+    run as root, the server runs as the postgres user, who cannot enter pytest's 0700 base folder."""
+    path = Path(tempfile.mkdtemp(prefix="labelloop-pg-"))
+    path.chmod(0o755)  # as a plain mkdir makes it: a data_dir below it must be reachable as well
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

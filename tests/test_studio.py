@@ -209,6 +209,23 @@ def test_import_batch_is_idempotent(studio: Studio, project: int) -> None:
     assert studio.import_batch(project, [], model_version="v1") == {}
 
 
+def test_a_later_batch_reads_only_the_tasks_of_its_keys_and_still_finds_those_imported_already(
+    studio: Studio, label_studio: LocalStudio, project: int
+) -> None:
+    """Round 2's import does not read round 1's tasks (Label Studio filters by the keys' common prefix),
+    yet the task of one of its own keys, committed by a first attempt whose answer was lost, is found and
+    kept: not imported twice."""
+    studio.import_batch(project, task_items(4, prefix="r1-p"), model_version="v1")
+    later = task_items(3, prefix="r2-p")
+    _api(label_studio, "POST", f"/api/projects/{project}/import",
+         json=[Studio._task_payload(later[0], "v1", where="test")])  # the copy of a committed first attempt
+    assert set(studio._key_copies(project, {i["key"] for i in later})) == {"r2-p-0"}
+    ids = studio.import_batch(project, later, model_version="v1")
+    assert sorted(ids) == ["r2-p-0", "r2-p-1", "r2-p-2"]
+    counts = studio.counts(project)
+    assert (counts["task_number"], counts["total_predictions_number"]) == (7, 7)
+
+
 def test_import_batch_rejects_badtask_items(studio: Studio, project: int) -> None:
     bad_meta = task_items(1)
     bad_meta[0]["meta"] = {"draft": "clash"}
