@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from loop import threads
 from loop.config import Settings, load_settings
 from loop.errors import IngestError, LabelloopError
 from loop.ingest import ingest
@@ -24,7 +25,9 @@ if not console.is_terminal:  # a redirected log gets full-width tables instead o
 
 
 def _settings(config: str | None) -> Settings:
-    return load_settings(config)
+    settings = load_settings(config)
+    threads.configure(settings.threads)  # before any command loads torch
+    return settings
 
 
 def _logging(verbose: bool) -> None:
@@ -61,6 +64,7 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
       labelloop -c configs/local.toml run
     """
     _logging(verbose)
+    threads.configure()  # commands without settings (simulate) too; `_settings` applies the configured count
     ctx.obj = config
 
 

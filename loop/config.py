@@ -214,6 +214,10 @@ class Settings(BaseSettings):
 
     task: Literal[TASKS] = "style_transfer"
     data_dir: Path = Path(".labelloop")
+    threads: int | Literal["auto"] = Field(
+        "auto", description="threads for torch and CTranslate2 in every labelloop process: auto = the cores this"
+        " process may use, with OpenMP's passive wait (loop/threads.py: a busy machine costs a fair share);"
+        " set 1 to leave cores to other work")
     label_config: Path | None = None
     pool: PoolSettings = PoolSettings()
     embed: EmbedSettings = EmbedSettings()
