@@ -139,6 +139,11 @@ class SelectSettings(_Section):
     strategy: Literal[STRATEGIES] = "stratified"
     budget: int = Field(40, ge=1, description="items per round (N); each cluster gets N/K")
     seed: int = 0
+    candidates_per_cluster: int | None = Field(
+        None, ge=1, description="score only a random sample of this many unsent items per cluster each round"
+        " (M; seeded, recorded per round in the ledger), not every one: a shorter round turnaround on a large"
+        " pool at some cost in quality (BENCHMARKS.md). None: every unsent item, the paper's exact method"
+    )
     max_rounds: int | None = Field(None, ge=1)
 
 
@@ -230,6 +235,14 @@ class Settings(BaseSettings):
     backend: BackendSettings = BackendSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     team: TeamSettings = TeamSettings()
+
+    @model_validator(mode="after")
+    def _sample_holds_budget(self) -> Settings:
+        m = self.select.candidates_per_cluster
+        if m is not None and m * self.cluster.k < self.select.budget:
+            raise ValueError(f"select.candidates_per_cluster ({m}) x cluster.k ({self.cluster.k}) is less than"
+                             f" select.budget ({self.select.budget}): a round could not fill its batch")
+        return self
 
     @field_validator("data_dir")
     @classmethod

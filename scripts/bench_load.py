@@ -1,7 +1,7 @@
 """Learner generation under load: items/s with 0, 1 and 2 competing CPU-bound processes, per runtime and
 threading policy; figures go to BENCHMARKS.md.
 
-    .venv/bin/python scripts/bench_load.py                       # --items 256 --runtimes hf,ct2
+    .venv/bin/python scripts/bench_load.py                       # --items 256 --max-seconds 60 --runtimes hf,ct2
     .venv/bin/python scripts/bench_load.py --policies default,auto,1 --competitors 0,1,2
 
 Policies: `default` is the old behaviour (torch's defaults: one thread per core, OpenMP's default
@@ -33,8 +33,10 @@ BUSY = "while True:\n    pass\n"
 OMP_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LABELLOOP_THREADS")
 
 
-def child(policy: str, runtime: str, model: str, items: int, warmup: int, cache: str) -> dict:
-    """One measurement in this (fresh) process: the policy first, then torch, then timed generation."""
+def child(policy: str, runtime: str, model: str, items: int, warmup: int, cache: str, max_seconds: float) -> dict:
+    """One measurement in this (fresh) process: the policy first, then torch, then timed generation in
+    batches of 32 items until `items` are done or `max_seconds` have passed (a collapsed run would
+    otherwise take an hour)."""
     if policy != "default":
         from loop import threads
 
@@ -49,10 +51,13 @@ def child(policy: str, runtime: str, model: str, items: int, warmup: int, cache:
     if runtime != "hf":
         rt.convert(model, runtime, cache)
     learner.generate(model, texts[:warmup], runtime=runtime, cache_dir=cache)  # warm-up, not timed
-    t0 = time.perf_counter()
-    learner.generate(model, texts[warmup:], runtime=runtime, cache_dir=cache)
+    t0, done = time.perf_counter(), 0
+    while done < items and (done == 0 or time.perf_counter() - t0 < max_seconds):
+        chunk = texts[warmup + done: warmup + min(items, done + 32)]
+        learner.generate(model, chunk, runtime=runtime, cache_dir=cache)
+        done += len(chunk)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "items_per_s": items / seconds, "torch_threads": torch.get_num_threads(),
+    return {"seconds": seconds, "items": done, "items_per_s": done / seconds, "torch_threads": torch.get_num_threads(),
             "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}
 
 
@@ -64,7 +69,7 @@ def measure(policy: str, runtime: str, competitors: int, args: argparse.Namespac
         time.sleep(0.5 if competitors else 0)  # the busy loops are running before the model loads
         loadavg = Path("/proc/loadavg").read_text().split()[0]
         spec = {"policy": policy, "runtime": runtime, "model": args.model, "items": args.items,
-                "warmup": args.warmup, "cache": args.cache}
+                "warmup": args.warmup, "cache": args.cache, "max_seconds": args.max_seconds}
         proc = subprocess.run([sys.executable, __file__, "_child", json.dumps(spec)], env=env,
                               capture_output=True, text=True, timeout=args.timeout)
     finally:
@@ -85,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(STARTER_MODEL))
     parser.add_argument("--items", type=int, default=256, help="pool items timed per measurement")
+    parser.add_argument("--max-seconds", type=float, default=60, help="stop a measurement after this long")
     parser.add_argument("--warmup", type=int, default=32, help="items generated first, untimed")
     parser.add_argument("--runtimes", default="hf,ct2")
     parser.add_argument("--policies", default="default,auto")
@@ -98,7 +104,7 @@ def main() -> None:
 
     rows = []
     table = Table(title=f"learner generation, {args.items} items, {Path(args.model).name}")
-    for col in ("runtime", "policy", "competitors", "items/s", "torch threads", "OMP wait", "load before"):
+    for col in ("runtime", "policy", "competitors", "items/s", "items", "torch threads", "OMP wait", "load before"):
         table.add_column(col)
     for runtime in args.runtimes.split(","):
         for policy in args.policies.split(","):
@@ -106,8 +112,8 @@ def main() -> None:
                 r = measure(policy, runtime, n, args)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-                table.add_row(runtime, policy, str(n), f"{r['items_per_s']:.1f}", str(r["torch_threads"]),
-                              r["wait_policy"], r["loadavg_before"])
+                table.add_row(runtime, policy, str(n), f"{r['items_per_s']:.1f}", str(r["items"]),
+                              str(r["torch_threads"]), r["wait_policy"], r["loadavg_before"])
     Console().print(table)
     print("loadavg after:", Path("/proc/loadavg").read_text().strip())
     if args.json:
