@@ -563,6 +563,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--weight-decay", default=0.01, show_default=True, help="Weight decay (never on norms or biases).")
 @click.option("--runtime", default="ct2", show_default=True, type=click.Choice(RUNTIMES),
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
+@click.option("--candidates-per-cluster", type=click.IntRange(min=1), default=None,
+              help="Score a random sample of this many unsent items per cluster each round (default: all).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the trained judge probe is cached (keyed by the judge data's digest).")
 def simulate(**opts: object) -> None:

@@ -82,3 +82,10 @@ def test_without_the_cap_every_unsent_item_is_scored(tmp_path, small_pool, start
 def test_a_cap_too_small_for_the_budget_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="candidates_per_cluster"):
         load_settings(data_dir=str(tmp_path), cluster__k=4, select__budget=40, select__candidates_per_cluster=9)
+
+
+def test_simulate_checks_its_cap_like_the_other_counts():
+    from loop.simulate import SimConfig, SimulateError
+
+    with pytest.raises(SimulateError, match="--candidates-per-cluster must be >= 1"):
+        SimConfig(data="x.tsv", candidates_per_cluster=0).check()
