@@ -244,6 +244,13 @@ class Settings(BaseSettings):
                              f" select.budget ({self.select.budget}): a round could not fill its batch")
         return self
 
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError("threads must be a positive integer or 'auto'")
+        return v
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:
