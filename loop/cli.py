@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from loop import threads
 from loop.config import Settings, load_settings
 from loop.errors import IngestError, LabelloopError
 from loop.ingest import ingest
@@ -24,7 +25,9 @@ if not console.is_terminal:  # a redirected log gets full-width tables instead o
 
 
 def _settings(config: str | None) -> Settings:
-    return load_settings(config)
+    settings = load_settings(config)
+    threads.configure(settings.threads)  # before any command loads torch
+    return settings
 
 
 def _logging(verbose: bool) -> None:
@@ -61,6 +64,7 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
       labelloop -c configs/local.toml run
     """
     _logging(verbose)
+    threads.configure()  # commands without settings (simulate) too; `_settings` applies the configured count
     ctx.obj = config
 
 
@@ -579,6 +583,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--weight-decay", default=0.01, show_default=True, help="Weight decay (never on norms or biases).")
 @click.option("--runtime", default="ct2", show_default=True, type=click.Choice(RUNTIMES),
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
+@click.option("--candidates-per-cluster", type=click.IntRange(min=1), default=None,
+              help="Score a random sample of this many unsent items per cluster each round (default: all).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the judge probe and built starters are cached (keyed by their data's digest).")
 @click.option("--quick", is_flag=True,

@@ -81,7 +81,9 @@ class LearnerSettings(_Section):
     weight_decay: float = Field(0.01, ge=0, description="on weight matrices and embeddings; never on norms or biases")
     seed: int = 0
     runtime: Literal[RUNTIMES] = Field(
-        "hf", description="pool generation: transformers generate (reference) or a CTranslate2 conversion"
+        "ct2", description="pool generation: a CTranslate2 conversion (ct2: float32, the same greedy outputs as hf;"
+        " faster at FLAN-T5-base's shape and 3x to 7x faster on a busy machine, BENCHMARKS.md) or transformers"
+        " generate (hf, the reference)"
     )
     max_source_tokens: int = Field(
         128, ge=1, description="source length in tokens for training, dev loss and generation alike (a warning"
@@ -139,6 +141,11 @@ class SelectSettings(_Section):
     strategy: Literal[STRATEGIES] = "stratified"
     budget: int = Field(40, ge=1, description="items per round (N); each cluster gets N/K")
     seed: int = 0
+    candidates_per_cluster: int | None = Field(
+        None, ge=1, description="score only a random sample of this many unsent items per cluster each round"
+        " (M; seeded, recorded per round in the ledger), not every one: a shorter round turnaround on a large"
+        " pool at some cost in quality (BENCHMARKS.md). None: every unsent item, the paper's exact method"
+    )
     max_rounds: int | None = Field(None, ge=1)
 
 
@@ -219,6 +226,10 @@ class Settings(BaseSettings):
 
     task: Literal[TASKS] = "style_transfer"
     data_dir: Path = Path(".labelloop")
+    threads: int | Literal["auto"] = Field(
+        "auto", description="threads for torch and CTranslate2 in every labelloop process: auto = the cores this"
+        " process may use, with OpenMP's passive wait (loop/threads.py: a busy machine costs a fair share);"
+        " set 1 to leave cores to other work")
     label_config: Path | None = None
     pool: PoolSettings = PoolSettings()
     embed: EmbedSettings = EmbedSettings()
@@ -231,6 +242,21 @@ class Settings(BaseSettings):
     backend: BackendSettings = BackendSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     team: TeamSettings = TeamSettings()
+
+    @model_validator(mode="after")
+    def _sample_holds_budget(self) -> Settings:
+        m = self.select.candidates_per_cluster
+        if m is not None and m * self.cluster.k < self.select.budget:
+            raise ValueError(f"select.candidates_per_cluster ({m}) x cluster.k ({self.cluster.k}) is less than"
+                             f" select.budget ({self.select.budget}): a round could not fill its batch")
+        return self
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError("threads must be a positive integer or 'auto'")
+        return v
 
     @field_validator("data_dir")
     @classmethod

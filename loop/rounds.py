@@ -29,7 +29,7 @@ from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
 from loop.scorer import build_one, build_scorer, combine, score_texts
 from loop.scorer import signature as scorer_signature
-from loop.select import STRATEGIES
+from loop.select import STRATEGIES, sample_per_cluster
 from loop.vocab import BASE_VERSION, RANDOM_STRATEGIES, version_name, version_number
 
 if TYPE_CHECKING:  # the type only: loop.rounds loads without the SDK
@@ -268,18 +268,42 @@ def _score_stored(ctx: Context, ids: list[int], model: dict, key: str, signature
     return {i: stored[i] for i in ids}
 
 
+def capped_candidates(ctx: Context, candidates: list[int], clusters: dict[int, int], round_no: int) -> list[int]:
+    """The candidates round `round_no` scores: all of them, or with `select.candidates_per_cluster` = M a
+    seeded random sample of M per cluster. The sample is stored in the ledger before any scoring, so a
+    selection that crashes while scoring resumes on the same sample (minus items sent since)."""
+    s, ledger = ctx.settings, ctx.ledger
+    m = s.select.candidates_per_cluster
+    if m is None:
+        return candidates
+    key = f"round:{round_no}:candidates"
+    stored = json.loads(ledger.find_meta(key) or "null")
+    if stored is not None and stored["m"] == m and stored["seed"] == s.select.seed:
+        unsent = set(candidates)
+        return [i for i in stored["ids"] if i in unsent]
+    rng = np.random.default_rng([s.select.seed, round_no, m])  # not selection's stream: that one picks the batch
+    picked = sample_per_cluster(np.array([clusters[i] for i in candidates]), m, rng)
+    sample = [candidates[p] for p in picked]
+    ledger.set_meta(key, json.dumps({"m": m, "seed": s.select.seed, "of": len(candidates), "ids": sample}))
+    log.info("round %d: scoring a sample of %d of %d unsent items (at most %d per cluster)", round_no,
+             len(sample), len(candidates), m)
+    return sample
+
+
 def select_round(ctx: Context) -> int | None:
-    """Score every unsent item with the current learner and open a round with the selected batch."""
+    """Score every unsent item (or a sample: `capped_candidates`) with the current learner and open a round
+    with the selected batch."""
     s, ledger = ctx.settings, ctx.ledger
     clusters = prepare_pool(ctx)
     candidates = ledger.unsent_pool_ids()
     if not candidates:
         return None
     model = current_learner(ctx)
+    round_no = len(ledger.rounds()) + 1
+    candidates = capped_candidates(ctx, candidates, clusters, round_no)
     scored, attributes = _score_candidates(ctx, candidates, model)
     scores = np.array([scored[i][1] for i in candidates])
     labels = np.array([clusters[i] for i in candidates])
-    round_no = len(ledger.rounds()) + 1
     rng = np.random.default_rng([s.select.seed, round_no])
     picked = STRATEGIES[s.select.strategy](scores, labels, s.select.budget, rng)
     items = [

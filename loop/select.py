@@ -76,6 +76,16 @@ def cluster_random(scores: np.ndarray, clusters: np.ndarray, budget: int, rng: n
     return sorted(picked)
 
 
+def sample_per_cluster(clusters: np.ndarray, m: int, rng: np.random.Generator) -> list[int]:
+    """Positions of at most `m` candidates of every cluster, uniformly at random within the cluster
+    (a cluster of `m` or fewer keeps all); sorted, so the result depends only on the clusters and rng."""
+    picked: list[int] = []
+    for _, positions in sorted(_by_cluster(np.asarray(clusters)).items()):
+        keep = positions if len(positions) <= m else rng.choice(positions, size=m, replace=False)
+        picked.extend(int(p) for p in keep)
+    return sorted(picked)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "stratified": stratified,
     "global_top": global_top,

@@ -25,7 +25,7 @@ import numpy as np
 from loop import metrics
 from loop.errors import SimulateError  # noqa: F401 (re-exported: callers catch it from here too)
 from loop.ingest import IngestError, normalise, parse_pool
-from loop.select import STRATEGIES
+from loop.select import STRATEGIES, sample_per_cluster
 from loop.vocab import STRATEGIES as STRATEGY_NAMES
 from loop.vocab import TASKS
 
@@ -87,6 +87,7 @@ class SimConfig:
     test_data: str | None = None  # a dataset's own test split (same columns); else held out from `data`
     examples: int = 8  # test items whose outputs the report shows
     runtime: str = "ct2"
+    candidates_per_cluster: int | None = None  # score a random sample of M per cluster each round; None: all
     cache_dir: str = ".labelloop/cache"
     progress: bool = True
 
@@ -104,8 +105,8 @@ class SimConfig:
         if self.starter is not None:
             seed_pairs(self)  # raises on a malformed --starter
         for name in ("rounds", "budget", "k", "pool_size", "test_size", "epochs", "batch_size", "max_new_tokens",
-                     "starter_steps"):
-            if getattr(self, name) < 1:
+                     "starter_steps", "candidates_per_cluster"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.k_sweep and not {"stratified", "random"} <= set(self.strategies):
             raise SimulateError("--k " + ",".join(map(str, self.k_sweep)) + ": the sweep tests stratified at each K"
@@ -539,6 +540,9 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         cand = np.flatnonzero(available)
         if len(cand) == 0:
             break
+        if cfg.candidates_per_cluster:  # as select.candidates_per_cluster: a seeded sample of M per cluster
+            cand = cand[sample_per_cluster(pool_cluster[cand], cfg.candidates_per_cluster,
+                                           np.random.default_rng([seed, rnd, cfg.candidates_per_cluster]))]
         texts = [pool_text[i] for i in cand]
         interim = [starter_pool[i] for i in cand] if model == cfg.learner else gen(model, texts)
         scores = np.asarray(r_score(interim))

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from loop import threads
 from loop.config import load_settings
 from ml_backend.app import create_app
 
@@ -19,6 +20,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
+    threads.configure(settings.threads)
     app = create_app(settings)
     app.run(host=args.host or settings.backend.host, port=args.port or settings.backend.port, threaded=True)
 

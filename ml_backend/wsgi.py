@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
+from loop import threads
 from loop.config import load_settings
 from ml_backend.app import create_app
 
-app = create_app(load_settings(os.environ.get("LABELLOOP_CONFIG") or None))
+settings = load_settings(os.environ.get("LABELLOOP_CONFIG") or None)
+threads.configure(settings.threads)
+app = create_app(settings)

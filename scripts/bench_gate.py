@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -44,7 +42,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from loop import threads
+
+    threads.configure(args.threads)  # before torch loads (loop.learner below)
 
     from loop import learner, rounds
     from loop.config import LearnerSettings, load_settings

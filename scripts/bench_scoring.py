@@ -264,6 +264,9 @@ def bench_embed(n: int) -> None:
 
 
 def main() -> None:
+    from loop import threads
+
+    threads.configure()  # the project's threading policy, inherited by every child measurement
     if len(sys.argv) == 3 and sys.argv[1] == "_child":
         _child_main(json.loads(Path(sys.argv[2]).read_text()))
         return

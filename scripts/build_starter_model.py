@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if is_built(args.out) and not args.force:
         print(f"starter model already built at {args.out} (use --force to rebuild)")
         return 0
-    import torch
+    sys.path.insert(0, str(ROOT))
+    from loop import threads
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads.configure()  # before torch loads: passive OpenMP waits, every available core
     t0 = time.perf_counter()
     out = build(args.out, args.data, args.pool, args.steps, args.seed, force=args.force, progress=True)
     meta = json.loads((out / "labelloop.json").read_text(encoding="utf-8"))
