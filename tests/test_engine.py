@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loop import engine, rounds
-from loop.config import load_settings
+from loop import engine, rounds, vocab
+from loop.config import EngineSettings, load_settings
 from loop.errors import ConfigError, EngineError
 from loop.ingest import ingest
 from loop.ledger import Ledger
@@ -143,6 +143,7 @@ def test_a_failing_batch_loses_only_itself_and_the_rerun_computes_it(ray_local, 
 
 
 def test_engine_settings_default_to_local_and_reject_unknown_kinds():
+    assert EngineSettings.model_fields["kind"].annotation.__args__ == vocab.ENGINES
     assert load_settings().engine.kind == "local"
     assert isinstance(engine.get(load_settings()), engine.LocalEngine)
     assert isinstance(engine.get(load_settings(engine__kind="ray")), engine.RayEngine)
