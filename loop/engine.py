@@ -146,8 +146,10 @@ def connect(settings: EngineSettings) -> Any:
         where = settings.ray_address or "a private local Ray"
         try:
             if settings.ray_address is None:
+                # Ray runs workers at nice 15; this private Ray does the loop's own work, which must not
+                # starve whenever anything else runs on the machine (the local path runs at nice 0)
                 ray.init(address="local", num_cpus=settings.local_cpus, include_dashboard=False,
-                         _node_ip_address="127.0.0.1")
+                         _node_ip_address="127.0.0.1", _system_config={"worker_niceness": 0})
             else:
                 ray.init(address=settings.ray_address)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
