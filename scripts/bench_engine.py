@@ -124,7 +124,8 @@ def main() -> None:
     for n in args.items:
         with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
             workdir = Path(tmp)
-            (workdir / "pool.tsv").write_text("\n".join(["text", *pool_texts(n)]) + "\n", encoding="utf-8")
+            with (workdir / "pool.tsv").open("w", encoding="utf-8", newline="") as f:  # quotes a cell that needs it
+                csv.writer(f, delimiter="\t", lineterminator="\n").writerows([["text"], *([t] for t in pool_texts(n))])
             results = {}
             for name in args.engines:
                 spec = json.dumps({"engine": name, "workdir": tmp, "args": spec_args})
