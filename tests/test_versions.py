@@ -321,7 +321,7 @@ def test_the_learner_sees_the_templates_instruction_in_generation_training_and_d
     rounds.score_candidates(ctx, [it["id"] for it in items], rounds.current_learner(ctx))
     _verify_all(ctx.ledger)
     rounds.train_round(ctx, 1)
-    assert seen["generate"] == [f"Make polite: {it['text']}" for it in items]
+    assert sorted(seen["generate"]) == sorted(f"Make polite: {it['text']}" for it in items)  # in the engine's order
     for part in ("train", "select", "gate"):
         assert seen[part] and all(s.startswith("Make polite: ") for s in seen[part]), part
     # the split is by the bare source, so the same pairs are held out with or without an instruction
