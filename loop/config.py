@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loop.errors import ConfigError
-from loop.vocab import RUNTIMES, SKIP_POLICIES, STRATEGIES, STUDIO_DATABASES, TASKS
+from loop.vocab import ENGINES, RUNTIMES, SKIP_POLICIES, STRATEGIES, STUDIO_DATABASES, TASKS
 
 INSTANCE_ENV = "LABELLOOP_INSTANCE"  # a nonce the backend's /health echoes: the run that started it knows it
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"  # carries LABELLOOP_WEBHOOK_SECRET from Label Studio's webhook
@@ -217,6 +217,25 @@ class TeamSettings(_Section):
         " rest stays in Label Studio and counts when verified later. None: a round waits for every task")
 
 
+class EngineSettings(_Section):
+    """Where pool compute runs (embedding, the learner's interim outputs, R's scores): see loop/engine.py."""
+
+    kind: Literal[ENGINES] = Field(
+        "local", description="local: in this process; ray: a Ray Data pipeline over an actor pool (pip install"
+        " 'labelloop[ray]'), the same outputs")
+    ray_address: str | None = Field(
+        None, description="the Ray cluster to join: 'auto' (one started on this machine with `ray start --head`),"
+        " 'HOST:6379' or 'ray://HOST:10001'; None starts a private Ray on this machine (127.0.0.1 only)")
+    actors: int = Field(2, ge=1, description="actor pool size: processes that each load the models once")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor (torch uses as many threads)")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor; None: 1 when the cluster has GPUs, else 0")
+    batch_size: int = Field(
+        256, ge=1, description="items per engine batch, the unit a worker computes and the ledger stores (a crash"
+        " loses at most the batches in flight); generation rounds it up to whole learner batches")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of the private Ray labelloop starts; None: all")
+
+
 class Settings(BaseSettings):
     """Everything labelloop needs to run one project."""
 
@@ -242,6 +261,7 @@ class Settings(BaseSettings):
     backend: BackendSettings = BackendSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     team: TeamSettings = TeamSettings()
+    engine: EngineSettings = EngineSettings()
 
     @model_validator(mode="after")
     def _sample_holds_budget(self) -> Settings:

@@ -26,7 +26,8 @@ def resolve(model: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(model: str):
+def load(model: str):
+    """The SentenceTransformer for `model`, loaded once per process (on the CPU)."""
     from sentence_transformers import SentenceTransformer
 
     path = resolve(model)
@@ -40,7 +41,7 @@ def embed(texts: list[str], *, model: str = BUNDLED, batch_size: int = 32, progr
     """Unit-normalised float32 embeddings, one row per text, in order."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    encoder = _load(model)
+    encoder = load(model)
     vectors = encoder.encode(
         texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True
     )

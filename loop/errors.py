@@ -25,6 +25,8 @@ working)::
     ├── StudioError (RuntimeError)        a Label Studio call failed (HTTP status, never the key)
     │   └── ImportOutcomeUnknown          an import whose answer never came: await its tasks, never repeat it
     ├── LocalStudioError (RuntimeError)   the bundled Label Studio could not be started
+    ├── EngineError (RuntimeError)        pool compute failed in some batches (the others are stored) or Ray
+    │                                     cannot be reached
     ├── ServiceError (RuntimeError)       the backend or the project could not be set up
     └── AlreadyRunning (RuntimeError)     another scheduler holds this project's lock
 """
@@ -109,6 +111,11 @@ class ImportOutcomeUnknown(StudioError):
 
 class LocalStudioError(LabelloopError, RuntimeError):
     """The bundled Label Studio could not be installed, started or reached."""
+
+
+class EngineError(LabelloopError, RuntimeError):
+    """Pool compute failed: some batches raised (the finished ones are stored; a re-run computes only the
+    rest), or the Ray cluster cannot be reached."""
 
 
 class ServiceError(LabelloopError, RuntimeError):

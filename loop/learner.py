@@ -29,8 +29,8 @@ from loop.errors import LearnerError
 from loop.runtime import generate_batches
 from loop.vocab import RUNTIMES
 
-__all__ = ["load", "generate", "fine_tune", "evaluate_loss", "clear_cache", "encode_pairs", "param_groups",
-           "lr_factor"]
+__all__ = ["load", "load_tokenizer", "plan", "generate", "fine_tune", "evaluate_loss", "clear_cache", "encode_pairs",
+           "param_groups", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,23 @@ def _offline(exc: BaseException) -> bool:
     return any(w in text for w in ("couldn't connect", "connection", "offline", "resolve", "timed out"))
 
 
+def _from_pretrained(cls: Any, key: str) -> Any:
+    """`cls.from_pretrained(key)` for a local directory or a hub name; a clear LearnerError when neither works."""
+    local = Path(key).is_dir()
+    if not local and (Path(key).is_absolute() or key.startswith((".", "~")) or Path(key).exists()):
+        raise LearnerError(f"learner model {key!r}: no checkpoint directory there; give the path of a"
+                           " directory holding config.json and the weights, or a Hugging Face model name")
+    try:
+        return cls.from_pretrained(key, local_files_only=local)
+    except OSError as exc:  # transformers' way of saying: not on disk, not on the hub, or hub unreachable
+        why = "the Hugging Face hub cannot be reached" if _offline(exc) else "the hub has no such model"
+        raise LearnerError(
+            f"learner model {key!r} cannot be loaded: it is not a local checkpoint directory and {why};"
+            " set learner.base_model to a local checkpoint (`make install` builds models/starter) or allow"
+            f" network access ({str(exc).splitlines()[0][:160]})"
+        ) from None
+
+
 def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (once per process, cached) any HF seq2seq name or local path; eval mode."""
     key, stamp = identity(model)
@@ -58,23 +75,35 @@ def load(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         hit = _CACHE.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1], hit[2]
-        local = Path(key).is_dir()
-        if not local and (Path(key).is_absolute() or key.startswith((".", "~")) or Path(key).exists()):
-            raise LearnerError(f"learner model {key!r}: no checkpoint directory there; give the path of a"
-                               " directory holding config.json and the weights, or a Hugging Face model name")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(key, local_files_only=local)
-            net = AutoModelForSeq2SeqLM.from_pretrained(key, local_files_only=local)
-        except OSError as exc:  # transformers' way of saying: not on disk, not on the hub, or hub unreachable
-            why = "the Hugging Face hub cannot be reached" if _offline(exc) else "the hub has no such model"
-            raise LearnerError(
-                f"learner model {key!r} cannot be loaded: it is not a local checkpoint directory and {why};"
-                " set learner.base_model to a local checkpoint (`make install` builds models/starter) or allow"
-                f" network access ({str(exc).splitlines()[0][:160]})"
-            ) from None
+        tokenizer = _from_pretrained(AutoTokenizer, key)
+        net = _from_pretrained(AutoModelForSeq2SeqLM, key)
         net.to(_device()).eval()
         _CACHE[key] = (stamp, net, tokenizer)  # a rewritten directory replaces its stale entry
         return net, tokenizer
+
+
+def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model` without its weights (the cached one when the model is loaded): what
+    `plan` needs where the model runs elsewhere (a Ray driver)."""
+    key, stamp = identity(model)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[2]
+    return _from_pretrained(AutoTokenizer, key)
+
+
+def plan(tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int,
+         max_source_tokens: int = SOURCE_TOKENS) -> list[list[str]]:
+    """The batches `generate` runs: the unique texts sorted by (source length cut at `max_source_tokens`,
+    text), `batch_size` at a time, so a batch depends only on the set of texts. Consecutive batches given
+    to `generate` again run as these same batches: how loop.engine splits the work and keeps the outputs."""
+    unique = sorted(set(texts))
+    lengths = {t: len(ids) for t, ids in zip(unique, tokenizer(unique).input_ids, strict=True)} if unique else {}
+    _warn_cut("generate", "sources", sum(n > max_source_tokens for n in lengths.values()), len(unique),
+              "max_source_tokens", max_source_tokens)
+    unique.sort(key=lambda t: (min(lengths[t], max_source_tokens), t))
+    return [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
 
 
 def clear_cache() -> None:
@@ -112,13 +141,8 @@ def generate(
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     net, tokenizer = load(model)
-    unique = sorted(set(texts))  # deduplicate; batch composition then depends only on the set of texts
-    lengths = {t: len(ids) for t, ids in zip(unique, tokenizer(unique).input_ids, strict=True)}
-    _warn_cut("generate", "sources", sum(n > max_source_tokens for n in lengths.values()), len(unique),
-              "max_source_tokens", max_source_tokens)
-    lengths = {t: min(n, max_source_tokens) for t, n in lengths.items()}
-    unique.sort(key=lambda t: (lengths[t], t))
-    batches = [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
+    batches = plan(tokenizer, texts, batch_size, max_source_tokens)  # deduplicated, length-sorted
+    unique = [t for batch in batches for t in batch]
     if runtime != "hf":
         with _bar(len(unique), f"generate ({runtime})", progress) as bar:
             out = generate_batches(

@@ -16,18 +16,18 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from loop import cluster as cluster_mod
-from loop import embed as embed_mod
-from loop import teacher, team
+from loop import engine, teacher, team
 from loop.config import Settings
 from loop.errors import ImportOutcomeUnknown, LabelloopError
 from loop.ledger import Ledger
-from loop.scorer import build_one, build_scorer, combine, score_texts
+from loop.scorer import build_one, build_scorer, combine, signature_one
 from loop.scorer import signature as scorer_signature
 from loop.select import STRATEGIES, sample_per_cluster
 from loop.vocab import BASE_VERSION, RANDOM_STRATEGIES, version_name, version_number
@@ -115,12 +115,8 @@ def prepare_pool(ctx: Context) -> dict[int, int]:
     s, ledger = ctx.settings, ctx.ledger
     missing = ledger.ids_without_embedding(s.embed.model)
     if missing:
-        items = ledger.pool_items(missing)
-        log.info("embedding %d pool items with %s", len(items), s.embed.model)
-        vectors = embed_mod.embed(
-            [it["text"] for it in items], model=s.embed.model, batch_size=s.embed.batch_size, progress=ctx.progress
-        )
-        ledger.put_embeddings(s.embed.model, [it["id"] for it in items], vectors)
+        log.info("embedding %d pool items with %s (%s engine)", len(missing), s.embed.model, s.engine.kind)
+        engine.embed_pool(s, ledger, missing, progress=ctx.progress)
     identity = clustering_identity(s)
     current = ledger.find_clustering_version()
     if current is None or _settings_part(current["identity"]) != identity:
@@ -228,11 +224,11 @@ def _score_candidates(ctx: Context, ids: list[int], model: dict) -> tuple[dict, 
     s, ledger = ctx.settings, ctx.ledger
     key, signature = score_key(s, model["version"])
     if not s.scorer.attributes or s.scorer.normalise == "none":
-        return _score_stored(ctx, ids, model, key, *build_scorer(s.scorer)), []
+        return _score_stored(ctx, ids, model, key, signature, partial(build_scorer, s.scorer)), []
     attributes = []
     for a in s.scorer.attributes:
-        one, scorer = build_one(a.kind, a.model, a.label)
-        got = _score_stored(ctx, ids, model, key, one, scorer)
+        one = signature_one(a.kind, a.model, a.label)
+        got = _score_stored(ctx, ids, model, key, one, partial(build_one, a.kind, a.model, a.label))
         attributes.append((one, a.weight, np.array([got[i][1] for i in ids])))
     total, parts = combine([raw for _, _, raw in attributes], [w for _, w, _ in attributes], s.scorer.normalise)
     interims = [got[i][0] for i in ids]
@@ -241,29 +237,21 @@ def _score_candidates(ctx: Context, ids: list[int], model: dict) -> tuple[dict, 
             [Attribute(sig, w, raw, part) for (sig, w, raw), part in zip(attributes, parts, strict=True)])
 
 
-def _score_stored(ctx: Context, ids: list[int], model: dict, key: str, signature: str, scorer) -> dict:
-    """(interim, score) per id under one R signature, generating and scoring only what is not stored."""
+def _score_stored(ctx: Context, ids: list[int], model: dict, key: str, signature: str,
+                  make_scorer: engine.ScorerFactory) -> dict:
+    """(interim, score) per id under one R signature, generating and scoring only what is not stored; the
+    engine (`engine.kind`) runs R (built by `make_scorer`) and the learner where it needs them."""
     s, ledger = ctx.settings, ctx.ledger
     todo = ledger.ids_without_score(key, signature, ids)
     if todo:
-        from loop import learner  # torch loads only where a learner runs (not in the web backend)
-
-        items = ledger.pool_items(todo)
         known = ledger.interims(key, todo)  # this version's outputs stored under another R
-        need = [it for it in items if it["id"] not in known]
-        if need:
-            log.info("learner %s writes interim outputs for %d items (%s)", key, len(need), s.learner.runtime)
-            instruction = learner_instruction(s)
-            outputs = learner.generate(
-                model["path"], [learner_input(instruction, it["text"]) for it in need], batch_size=s.learner.batch_size,
-                max_new_tokens=s.learner.max_target_tokens, max_source_tokens=s.learner.max_source_tokens,
-                progress=ctx.progress, runtime=s.learner.runtime, cache_dir=Path(s.models_dir) / ".ct2",
-            )
-            known.update(zip((it["id"] for it in need), outputs, strict=True))
-        interims = [known[it["id"]] for it in items]
-        log.info("R (%s) scores %d interim outputs", signature, len(items))
-        scores = score_texts(scorer, interims, progress=ctx.progress)
-        ledger.put_scores(key, signature, [it["id"] for it in items], interims, scores)
+        instruction = learner_instruction(s)
+        inputs = {it["id"]: learner_input(instruction, it["text"]) for it in ledger.pool_items(todo)
+                  if it["id"] not in known}
+        log.info("learner %s writes interim outputs for %d items (%s) and R (%s) scores %d (%s engine)", key,
+                 len(inputs), s.learner.runtime, signature, len(todo), s.engine.kind)
+        engine.score_pool(s, ledger, key=key, signature=signature, model=model["path"], inputs=inputs,
+                          stored=known, make_scorer=make_scorer, progress=ctx.progress)
     stored = ledger.scores(key, signature)
     return {i: stored[i] for i in ids}
 

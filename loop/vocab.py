@@ -1,4 +1,4 @@
-"""The loop's vocabulary, defined once: verdicts, strategies, runtimes, round states, tasks.
+"""The loop's vocabulary, defined once: verdicts, strategies, runtimes, engines, round states, tasks.
 
 Every other list of these names (a settings `Literal`, a `click.Choice`, a schema CHECK, a
 dispatch table's keys) is derived from here, and a test checks that the dispatch tables
@@ -30,6 +30,9 @@ RUNTIMES = ("hf", "ct2", "ct2-int8")
 
 # The databases a local Label Studio can run on (loop/localstudio.py; postgresql: loop/pgcluster.py).
 STUDIO_DATABASES = ("sqlite", "postgresql")
+
+# Where pool compute (embedding, interim outputs, R's scores) runs (loop/engine.py).
+ENGINES = ("local", "ray")
 
 # The round state machine (loop/rounds.py), in order.
 ROUND_STATES = ("selected", "distilled", "imported", "verifying", "training", "done")

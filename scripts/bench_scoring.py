@@ -142,7 +142,7 @@ def child_ingest_embed(texts: list[str], workdir: str) -> dict:
     from loop.ingest import ingest
     from loop.ledger import Ledger
 
-    embed_mod._load(embed_mod.BUNDLED)  # model load excluded on both sides
+    embed_mod.load(embed_mod.BUNDLED)  # model load excluded on both sides
     path = Path(workdir) / "texts.tsv"
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
