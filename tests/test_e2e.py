@@ -27,6 +27,7 @@ def running(tmp_path, small_pool, label_studio, starter_model, monkeypatch):
         data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
         learner__epochs=1, cluster__k=3, select__budget=6, studio__url=label_studio.url,
         studio__project_title=f"e2e {uuid.uuid4().hex[:8]}", backend__port=free_port(),
+        team__lookahead=0,  # one batch at a time: test_team.py covers the look-ahead
     )
     services = service.start(settings, progress=False)
     try:
