@@ -75,6 +75,7 @@ class SimConfig:
     test_data: str | None = None  # a dataset's own test split (same columns); else held out from `data`
     examples: int = 8  # test items whose outputs the report shows
     runtime: str = "ct2"
+    lookahead: int = 0  # as the live loop's team.lookahead: round r is selected by the learner of round r-1-lookahead
     cache_dir: str = ".labelloop/cache"
     progress: bool = True
 
@@ -85,6 +86,8 @@ class SimConfig:
             raise SimulateError(f"--strategy {', '.join(unknown) or '(none)'}: known are {', '.join(STRATEGIES)}")
         if not self.seeds:
             raise SimulateError("--seeds: give at least one seed")
+        if self.lookahead < 0:
+            raise SimulateError(f"--lookahead must be >= 0 (got {self.lookahead})")
         for name in ("rounds", "budget", "k", "pool_size", "test_size", "epochs", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
@@ -336,13 +339,17 @@ def _constant_reply(references: list[str]) -> str:
 def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, pool_text: list[str],
              pool_ref: list[str], pool_cluster: np.ndarray, starter_pool: list[str], test_text: list[str],
              gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path, bar) -> list[dict]:
-    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate."""
+    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate.
+
+    With `lookahead` L a round is scored by the learner trained L rounds before the newest, as the live
+    loop selects a look-ahead batch while the round before it is still verified (and not yet trained on)."""
     from loop import learner
 
     rng = np.random.default_rng(seed)
     available = np.ones(len(pool_text), dtype=bool)
     accepted: list[int] = []
     model = cfg.learner
+    learners = [model]  # the learner after each round, the starter first
     rows = []
     for rnd in range(1, cfg.rounds + 1):
         t = time.perf_counter()
@@ -350,7 +357,8 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         if len(cand) == 0:
             break
         texts = [pool_text[i] for i in cand]
-        interim = [starter_pool[i] for i in cand] if model == cfg.learner else gen(model, texts)
+        scorer = learners[max(0, len(learners) - 1 - cfg.lookahead)]
+        interim = [starter_pool[i] for i in cand] if scorer == cfg.learner else gen(scorer, texts)
         scores = np.asarray(r_score(interim))
         picked = cand[STRATEGIES[strategy](scores, pool_cluster[cand], cfg.budget, rng)]
         available[picked] = False
@@ -359,11 +367,14 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         fit = {}
         if accepted:
             start = cfg.learner if cfg.regime == "retrain" else model
-            fit = learner.fine_tune(start, [(pool_text[i], pool_ref[i]) for i in accepted], ckpt,
+            # with a look-ahead the learners it still selects with stay on disk: L + 1 directories in turn
+            out = ckpt if cfg.lookahead == 0 else ckpt.with_name(f"{ckpt.name}-{rnd % (cfg.lookahead + 1)}")
+            fit = learner.fine_tune(start, [(pool_text[i], pool_ref[i]) for i in accepted], out,
                                     epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                                     seed=seed * 1000 + rnd, max_target_tokens=cfg.max_new_tokens,
                                     optimizer=cfg.optimizer, warmup=cfg.warmup, weight_decay=cfg.weight_decay)
-            model = str(ckpt)
+            model = str(out)
+        learners.append(model)
         row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
                "accepted": len(ok), "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
                "clusters_selected": {str(c): int(n) for c, n in zip(*np.unique(pool_cluster[picked],
