@@ -357,7 +357,8 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         if len(cand) == 0:
             break
         texts = [pool_text[i] for i in cand]
-        scorer = learners[max(0, len(learners) - 1 - cfg.lookahead)]
+        selected_by = max(0, len(learners) - 1 - cfg.lookahead)  # the round whose learner scores (0: the starter)
+        scorer = learners[selected_by]
         interim = [starter_pool[i] for i in cand] if scorer == cfg.learner else gen(scorer, texts)
         scores = np.asarray(r_score(interim))
         picked = cand[STRATEGIES[strategy](scores, pool_cluster[cand], cfg.budget, rng)]
@@ -376,7 +377,8 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
             model = str(out)
         learners.append(model)
         row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
-               "accepted": len(ok), "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
+               "accepted": len(ok), "selected_by": selected_by,
+               "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
                "clusters_selected": {str(c): int(n) for c, n in zip(*np.unique(pool_cluster[picked],
                                                                                return_counts=True), strict=True)},
                "train_loss": fit.get("train_loss"), **evaluate(gen(model, test_text))}
