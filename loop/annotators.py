@@ -1,6 +1,6 @@
 """Simulated annotators: verify imported tasks through the Label Studio API, as people would.
 
-Used by `make demo` and the end-to-end test: each pending task of the current round is accepted,
+Used by `make demo` and the end-to-end test: each pending task of the open rounds is accepted,
 edited or rejected at configurable rates, with a seeded generator so that a run is repeatable; with an
 overlap of 2 or more, that many simulated users verify every task and the first skips one.
 """
@@ -40,31 +40,34 @@ def annotate_pending(
     people: int = 1,
     skip_one: bool = False,
 ) -> int:
-    """Annotate every imported task of the current round that still waits for someone; returns how many
-    annotations (skips included) were made.
+    """Annotate every imported task of the open rounds (the one being verified and any look-ahead, oldest
+    first) that still waits for someone; returns how many annotations (skips included) were made.
 
     With `people` = 1 the API key's owner verifies each task with no verification yet. With more, that
     many simulated users (annotator-1@..., created in Label Studio) each act on every task they have not
     acted on, drawing verdicts independently (so some disagree, as an overlap team does); with
-    `skip_one` the first of them skips the round's first task. `done` holds what was already done
+    `skip_one` the first of them skips each round's first task. `done` holds what was already done
     ((person, task id) pairs, or task ids for one person) and is updated, so that an annotation not yet
     synced into the ledger is not made twice.
     """
     done = set() if done is None else done
-    current = ctx.ledger.find_current_round()
-    if current is None or current["state"] not in ("imported", "verifying"):
-        return 0
-    batch = [b for b in ctx.ledger.batch(current["id"]) if b["task_id"]]
+    return sum(_annotate_round(ctx, rnd["id"], rng, rates, done, people, skip_one)
+               for rnd in ctx.ledger.open_rounds() if rnd["state"] in ("imported", "verifying"))
+
+
+def _annotate_round(ctx: Context, round_id: int, rng: np.random.Generator, rates: tuple[float, float, float],
+                    done: set, people: int, skip_one: bool) -> int:
+    batch = [b for b in ctx.ledger.batch(round_id) if b["task_id"]]
     if people == 1:
-        verified = {v["pool_id"] for v in ctx.ledger.verifications(current["id"])}
+        verified = {v["pool_id"] for v in ctx.ledger.verifications(round_id)}
         pending = [b for b in batch if b["pool_id"] not in verified and b["task_id"] not in done]
         for item, verdict in zip(pending, choose(len(pending), rng, rates), strict=True):
             _verify(ctx, item, verdict)
             done.add(item["task_id"])
         return len(pending)
     made = 0
-    acted = [(v["annotator"], v["task_id"]) for v in ctx.ledger.verifications(current["id"])]
-    acted += [(k["annotator"], k["task_id"]) for k in ctx.ledger.skips(current["id"])]
+    acted = [(v["annotator"], v["task_id"]) for v in ctx.ledger.verifications(round_id)]
+    acted += [(k["annotator"], k["task_id"]) for k in ctx.ledger.skips(round_id)]
     for person in range(1, people + 1):
         email = f"annotator-{person}@labelloop.local"
         user = ctx.studio.ensure_user(email)

@@ -185,10 +185,15 @@ def print_status(settings: Settings, ledger: Ledger) -> None:
             line += (f"; at {eta['per_hour']} per hour done by {eta['eta']}" if eta["eta"] else
                      "; no pace yet to estimate completion")
         console.print(line)
+        for ahead in facts["lookahead"]:
+            console.print(f"look-ahead round {ahead['round']}: {ahead['state']}, verified {ahead['verified']}/"
+                          f"{ahead['imported']}, {ahead['remaining']} remaining (selected by learner"
+                          f" {ahead['learner_version']}; it closes after round {current['round']})")
     show("rounds", ["round", "state", "closed", "strategy", "learner", "teacher", "selected", "failed", "imported",
                     "verified", "to adjudicate", "skipped", "returned", "remaining", "accept", "edit", "reject",
                     "error"],
-         [[r["round"], r["state"], r["closed"], r["strategy"], r["learner_version"], r["teacher"], r["selected"],
+         [[r["round"], r["state"] + (" (look-ahead)" if r["lookahead"] else ""), r["closed"], r["strategy"],
+           r["learner_version"], r["teacher"], r["selected"],
            r["failed"], r["imported"], r["verified"], r["adjudicate"], r["skipped"], r["returned"], r["remaining"],
            pct(r["accept_rate"]), pct(r["edit_rate"]), pct(r["reject_rate"]), r["error"]] for r in facts["rounds"]])
     show("clusters per round", ["round", "cluster", "selected", "imported", "verified", "skipped", "remaining",
@@ -585,6 +590,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="Generation runtime (ct2 = CTranslate2 float32: same greedy outputs as hf, faster).")
 @click.option("--candidates-per-cluster", type=click.IntRange(min=1), default=None,
               help="Score a random sample of this many unsent items per cluster each round (default: all).")
+@click.option("--lookahead", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Select each round with the learner of L rounds before the newest, as the live loop's"
+                   " team.lookahead does (1: round r+1 is scored by round r-1's learner).")
 @click.option("--cache-dir", default=".labelloop/cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the judge probe and built starters are cached (keyed by their data's digest).")
 @click.option("--quick", is_flag=True,

@@ -215,6 +215,10 @@ class TeamSettings(_Section):
     deadline_hours: float | None = Field(
         None, gt=0, description="a round closes this long after its import with what is verified by then; the"
         " rest stays in Label Studio and counts when verified later. None: a round waits for every task")
+    lookahead: int = Field(
+        1, ge=0, description="batches selected, distilled and imported ahead while a round is verified, so"
+        " annotators never wait for training and re-scoring; the look-ahead is scored by the learner of the"
+        " round before, and the batch after it by the newest one. 0: one batch at a time")
 
 
 class EngineSettings(_Section):

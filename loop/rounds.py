@@ -1,5 +1,6 @@
 """The round state machine, persisted in the ledger: selected -> distilled -> imported -> verifying
--> training -> done.
+-> training -> done; with a look-ahead, the next round is selected, distilled and imported while one
+is verified.
 
 `advance(ctx)` performs exactly one step from whatever state the ledger holds and returns what it
 did, so a crash at any point resumes from the last completed step: selection is one transaction,
@@ -629,57 +630,86 @@ def train_round(ctx: Context, round_id: int) -> str:
     return version
 
 
+def open_round(ctx: Context, *, ahead_of: int | None = None) -> Step:
+    """Select a new round unless `select.max_rounds` is reached or the pool is exhausted (then `idle`);
+    `ahead_of`: the round still being verified, when the new one is a look-ahead."""
+    s, ledger = ctx.settings, ctx.ledger
+    if s.select.max_rounds is not None and len(ledger.rounds()) >= s.select.max_rounds:
+        return Step("idle", "idle: max_rounds reached")
+    round_id = select_round(ctx)
+    if round_id is None:
+        return Step("idle", "idle: pool exhausted")
+    ahead = f" (look-ahead: round {ahead_of} is being verified)" if ahead_of is not None else ""
+    return Step("moved", f"round {round_id}: selected{ahead}", round_id, "selected")
+
+
+def _progress(counts: dict) -> str:
+    return f"verified {counts['verified']}/{counts['imported']}" + (
+        f", {counts['skipped']} skipped" if counts["skipped"] else "")
+
+
 def advance(ctx: Context) -> Step:
-    """Do the one next step of the newest round (or open a new one); return what happened."""
+    """Do the one next step of the open rounds (or open a new one); return what happened.
+
+    Rounds close and train in order: only the oldest open round (the head) closes. While it is verified,
+    up to `team.lookahead` more rounds are opened (scored by the learner in use then), and a round on its
+    way to annotators (selected, distilled) goes first, so that people always have a batch; the round
+    opened after the head's training is scored by the newest learner.
+    """
     ledger, s = ctx.ledger, ctx.settings
-    current = ledger.find_current_round()
     _record_team(ctx)
-    if current is None or current["state"] == "done":
+    open_rounds = ledger.open_rounds()
+    if not open_rounds:
         # edits and deletions of earlier rounds keep arriving after the last round, and exports read them
         sync_verifications(ctx, full=_full_sync_due(ctx))
-        if s.select.max_rounds is not None and len(ledger.rounds()) >= s.select.max_rounds:
-            return Step("idle", "idle: max_rounds reached")
-        round_id = select_round(ctx)
-        if round_id is None:
-            return Step("idle", "idle: pool exhausted")
-        return Step("moved", f"round {round_id}: selected", round_id, "selected")
-    round_id, state = current["id"], current["state"]
+        return open_round(ctx)
     quota = _quota(ctx)
-    if state == "selected":
-        result = distill_round(ctx, round_id)
-        ledger.set_round_state(round_id, "distilled", expect="selected")
-        return Step("moved", f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)",
-                    round_id, "distilled")
-    if state == "distilled":
-        if ctx.studio is not None and ctx.project_id is not None:  # before the tasks arrive: each wants `quota`
-            ctx.studio.set_overlap(ctx.project_id, quota)
-        n = import_round(ctx, round_id)
-        ledger.set_round_state(round_id, "imported", expect="distilled")  # import_round recorded the project
-        return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")
-    if state in ("imported", "verifying"):
-        if state == "imported":  # a round left here by a crash: every task gets its draft (imports nothing new)
-            import_round(ctx, round_id)
-        sync_verifications(ctx, full=state == "imported" or _full_sync_due(ctx))
-        counts = team.tally(ledger.item_tallies(round_id), quota)
-        if state == "imported":
-            ledger.set_round_state(round_id, "verifying", expect="imported")
-        deadline = _deadline(ctx, current)
-        if counts["open"] and deadline is not None and datetime.now(timezone.utc) >= deadline:
-            return Step("moved", close_round(ctx, round_id, "deadline"), round_id, "training")
-        if counts["open"] == 0:  # every task verified or skipped by all assigned (an empty import is done too)
-            if counts["skipped"] == 0:
-                ledger.set_round_state(round_id, "training", expect="verifying", closed_reason="complete")
-                return Step("moved", f"round {round_id}: all {counts['verified']} verified", round_id, "training")
-            return Step("moved", close_round(ctx, round_id, "complete"), round_id, "training")
-        skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
-        until = f", deadline {deadline.isoformat(timespec='seconds')}" if deadline is not None else ""
-        return Step("waiting", f"waiting: round {round_id} verified {counts['verified']}/{counts['imported']}"
-                    f"{skipped}{until}", round_id, "verifying")
+    for rnd in open_rounds:  # a batch on its way to annotators first (a look-ahead, or a new round)
+        round_id, state = rnd["id"], rnd["state"]
+        if state == "selected":
+            result = distill_round(ctx, round_id)
+            ledger.set_round_state(round_id, "distilled", expect="selected")
+            return Step("moved", f"round {round_id}: distilled {result['distilled']} ({result['failed']} failed)",
+                        round_id, "distilled")
+        if state == "distilled":
+            if ctx.studio is not None and ctx.project_id is not None:  # before the tasks arrive: each wants `quota`
+                ctx.studio.set_overlap(ctx.project_id, quota)
+            n = import_round(ctx, round_id)
+            ledger.set_round_state(round_id, "imported", expect="distilled")  # import_round recorded the project
+            return Step("moved", f"round {round_id}: imported {n} tasks", round_id, "imported")
+    head = open_rounds[0]
+    round_id, state = head["id"], head["state"]
     if state == "training":
         version = train_round(ctx, round_id)
         ledger.set_round_state(round_id, "done", expect="training")
         return Step("moved", f"round {round_id}: done, learner {version}", round_id, "done")
-    raise LabelloopError(f"round {round_id} is in unknown state {state!r}")
+    unknown = [r for r in open_rounds if r["state"] not in ("imported", "verifying")]
+    if unknown:
+        raise LabelloopError(f"round {unknown[0]['id']} is in unexpected state {unknown[0]['state']!r}")
+    imported = [r for r in open_rounds if r["state"] == "imported"]
+    for rnd in imported:  # a round left here by a crash: every task gets its draft (imports nothing new)
+        import_round(ctx, rnd["id"])
+    sync_verifications(ctx, full=bool(imported) or _full_sync_due(ctx))
+    for rnd in imported:
+        _deadline(ctx, rnd)  # its clock starts as its tasks reach annotators
+        ledger.set_round_state(rnd["id"], "verifying", expect="imported")
+    counts = team.tally(ledger.item_tallies(round_id), quota)
+    deadline = _deadline(ctx, ledger.get_round(round_id))
+    if counts["open"] and deadline is not None and datetime.now(timezone.utc) >= deadline:
+        return Step("moved", close_round(ctx, round_id, "deadline"), round_id, "training")
+    if counts["open"] == 0:  # every task verified or skipped by all assigned (an empty import is done too)
+        if counts["skipped"] == 0:
+            ledger.set_round_state(round_id, "training", expect="verifying", closed_reason="complete")
+            return Step("moved", f"round {round_id}: all {counts['verified']} verified", round_id, "training")
+        return Step("moved", close_round(ctx, round_id, "complete"), round_id, "training")
+    if len(open_rounds) <= s.team.lookahead:
+        step = open_round(ctx, ahead_of=round_id)
+        if step.kind == "moved":
+            return step
+    until = f", deadline {deadline.isoformat(timespec='seconds')}" if deadline is not None else ""
+    ahead = "".join(f"; look-ahead round {r['id']} {_progress(team.tally(ledger.item_tallies(r['id']), quota))}"
+                    for r in open_rounds[1:])
+    return Step("waiting", f"waiting: round {round_id} {_progress(counts)}{until}{ahead}", round_id, "verifying")
 
 
 def run_until_waiting(ctx: Context, max_steps: int = 20) -> list[Step]:

@@ -88,6 +88,7 @@ class SimConfig:
     examples: int = 8  # test items whose outputs the report shows
     runtime: str = "ct2"
     candidates_per_cluster: int | None = None  # score a random sample of M per cluster each round; None: all
+    lookahead: int = 0  # as the live loop's team.lookahead: round r is selected by the learner of round r-1-lookahead
     cache_dir: str = ".labelloop/cache"
     progress: bool = True
 
@@ -102,6 +103,8 @@ class SimConfig:
             raise SimulateError(f"--strategy {', '.join(unknown) or '(none)'}: known are {', '.join(STRATEGIES)}")
         if not self.seeds:
             raise SimulateError("--seeds: give at least one seed")
+        if self.lookahead < 0:
+            raise SimulateError(f"--lookahead must be >= 0 (got {self.lookahead})")
         if self.starter is not None:
             seed_pairs(self)  # raises on a malformed --starter
         for name in ("rounds", "budget", "k", "pool_size", "test_size", "epochs", "batch_size", "max_new_tokens",
@@ -527,13 +530,17 @@ def _constant_reply(references: list[str]) -> str:
 def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, pool_text: list[str],
              pool_ref: list[str], pool_cluster: np.ndarray, starter_pool: list[str], test_text: list[str],
              gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path, bar) -> list[dict]:
-    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate."""
+    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate.
+
+    With `lookahead` L a round is scored by the learner trained L rounds before the newest, as the live
+    loop selects a look-ahead batch while the round before it is still verified (and not yet trained on)."""
     from loop import learner
 
     rng = np.random.default_rng(seed)
     available = np.ones(len(pool_text), dtype=bool)
     accepted: list[int] = []
     model = cfg.learner
+    learners = [model]  # the learner after each round, the starter first
     rows = []
     for rnd in range(1, cfg.rounds + 1):
         t = time.perf_counter()
@@ -544,7 +551,9 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
             cand = cand[sample_per_cluster(pool_cluster[cand], cfg.candidates_per_cluster,
                                            np.random.default_rng([seed, rnd, cfg.candidates_per_cluster]))]
         texts = [pool_text[i] for i in cand]
-        interim = [starter_pool[i] for i in cand] if model == cfg.learner else gen(model, texts)
+        selected_by = max(0, len(learners) - 1 - cfg.lookahead)  # the round whose learner scores (0: the starter)
+        scorer = learners[selected_by]
+        interim = [starter_pool[i] for i in cand] if scorer == cfg.learner else gen(scorer, texts)
         scores = np.asarray(r_score(interim))
         picked = cand[STRATEGIES[strategy](scores, pool_cluster[cand], cfg.budget, rng)]
         available[picked] = False
@@ -553,13 +562,17 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         fit = {}
         if accepted:
             start = cfg.learner if cfg.regime == "retrain" else model
-            fit = learner.fine_tune(start, [(pool_text[i], pool_ref[i]) for i in accepted], ckpt,
+            # with a look-ahead the learners it still selects with stay on disk: L + 1 directories in turn
+            out = ckpt if cfg.lookahead == 0 else ckpt.with_name(f"{ckpt.name}-{rnd % (cfg.lookahead + 1)}")
+            fit = learner.fine_tune(start, [(pool_text[i], pool_ref[i]) for i in accepted], out,
                                     epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                                     seed=seed * 1000 + rnd, max_target_tokens=cfg.max_new_tokens,
                                     optimizer=cfg.optimizer, warmup=cfg.warmup, weight_decay=cfg.weight_decay)
-            model = str(ckpt)
+            model = str(out)
+        learners.append(model)
         row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
-               "accepted": len(ok), "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
+               "accepted": len(ok), "selected_by": selected_by,
+               "mean_r_selected": float(scores[np.isin(cand, picked)].mean()),
                "clusters_selected": {str(c): int(n) for c, n in zip(*np.unique(pool_cluster[picked],
                                                                                return_counts=True), strict=True)},
                "train_loss": fit.get("train_loss"), **evaluate(gen(model, test_text))}

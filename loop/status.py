@@ -91,13 +91,16 @@ def cluster_rows(ledger: Ledger, quota: int = 1) -> list[dict]:
 
 
 def round_rows(ledger: Ledger, clusters: list[dict]) -> list[dict]:
-    """Per round: state, why it closed, strategy, learner, teacher, and the sums of its clusters' counts."""
+    """Per round: state, why it closed, strategy, learner, teacher, and the sums of its clusters' counts;
+    `lookahead` marks an open round opened while an older one is still open (it closes after that one)."""
     out = []
+    head = min((r["id"] for r in ledger.open_rounds()), default=None)
     for r in ledger.rounds():
         mine = [c for c in clusters if c["round"] == r["id"]]
         sums = {k: sum(c[k] for c in mine) for k in COUNTS}
         out.append({**_verdicts({
             "round": r["id"], "state": r["state"], "closed": r.get("closed_reason"), "deadline": r.get("deadline_at"),
+            "lookahead": head is not None and r["id"] > head and r["state"] != "done",
             "strategy": r["strategy"],
             "budget": r["budget"], "learner_version": r["learner_version"],
             "teacher": ledger.find_meta(f"round:{r['id']}:model_version"), "error": r["error"],
@@ -248,13 +251,15 @@ def facts(ledger: Ledger, *, now: datetime | None = None, reject_threshold: floa
     quota, adjudicators = ledger.team_rule()
     clusters = cluster_rows(ledger, quota)
     rounds = round_rows(ledger, clusters)
-    current = rounds[-1] if rounds else None
+    # the round being verified (the oldest open one); look-ahead rounds come after it
+    current = next((r for r in rounds if r["state"] != "done"), rounds[-1] if rounds else None)
     from loop.scorer import contribution_rows
 
     return {
         "generated_at": now.isoformat(timespec="seconds"),
         "pool": {"items": ledger.pool_count(), "never_sent": len(ledger.unsent_pool_ids())},
         "current": current,
+        "lookahead": [r for r in rounds if r["lookahead"]],
         "estimate": estimate(ledger, current, now),
         "rounds": rounds,
         "clusters": clusters,

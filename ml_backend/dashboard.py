@@ -56,6 +56,8 @@ PAGE = """<!doctype html>
  <div class="tile"><div class="v" id="eta">{{ eta }}</div><div class="k">estimated completion</div></div>
  {% if c.deadline and c.state in ('imported', 'verifying') %}<div class="tile"><div class="v" id="deadline">
   {{ c.deadline }}</div><div class="k">deadline: the round closes with what is verified</div></div>{% endif %}
+ {% for a in f.lookahead %}<div class="tile"><div class="v" id="lookahead-{{ a.round }}">{{ a.round }}: {{ a.verified }}
+  / {{ a.imported }}</div><div class="k">look-ahead round ({{ a.state }}), verified / imported</div></div>{% endfor %}
  {% else %}<div class="tile"><div class="v" id="current-round">none</div><div class="k">no round yet</div></div>
  {% endif %}
  <div class="tile"><div class="v" id="teacher-cost">${{ "%.4f"|format(f.teacher.total.cost) }}</div>
@@ -75,7 +77,8 @@ PAGE = """<!doctype html>
 </div>
 <table id="rounds"><tr><th>round</th><th>state</th><th>closed</th><th>learner</th><th>selected</th><th>imported</th>
  <th>verified</th><th>skipped</th><th>returned</th><th>remaining</th><th>accept</th><th>edit</th><th>reject</th></tr>
- {% for r in f.rounds %}<tr data-round="{{ r.round }}"><td>{{ r.round }}</td><td>{{ r.state }}</td>
+ {% for r in f.rounds %}<tr data-round="{{ r.round }}"><td>{{ r.round }}</td>
+ <td class="state">{{ r.state }}{% if r.lookahead %} (look-ahead){% endif %}</td>
  <td>{{ r.closed or '' }}</td><td>{{ r.learner_version }}</td><td>{{ r.selected }}</td><td>{{ r.imported }}</td>
  <td>{{ r.verified }}</td><td class="skipped">{{ r.skipped }}</td><td>{{ r.returned }}</td>
  <td>{{ r.remaining }}</td><td>{{ r.accept }}</td><td>{{ r.edit }}</td><td>{{ r.reject }}</td></tr>{% endfor %}
@@ -270,9 +273,13 @@ class _LedgerCollector:
         for state, n in sorted(by_state.items()):
             rounds.add_metric([state], n)
         yield rounds
-        current = GaugeMetricFamily("labelloop_current_round", "Id of the newest round (0: none)")
+        current = GaugeMetricFamily("labelloop_current_round",
+                                    "Id of the round being verified, else the newest (0: none)")
         current.add_metric([], f["current"]["round"] if f["current"] else 0)
         yield current
+        ahead = GaugeMetricFamily("labelloop_lookahead_rounds", "Rounds open ahead of the one being verified")
+        ahead.add_metric([], len(f["lookahead"]))
+        yield ahead
         batch = GaugeMetricFamily("labelloop_batch_items", "Items of the current round's batch by stage",
                                   labels=["stage"])
         for stage in ("selected", "failed", "imported", "verified", "skipped", "remaining"):

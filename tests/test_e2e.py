@@ -30,7 +30,8 @@ def running(request, tmp_path, small_pool, starter_model, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     common = dict(pool__path=str(small_pool), learner__base_model=str(starter_model), learner__epochs=1,
                   cluster__k=3, select__budget=6, studio__project_title=f"e2e {uuid.uuid4().hex[:8]}",
-                  backend__port=free_port())
+                  backend__port=free_port(),
+                  team__lookahead=0)  # one batch at a time: test_team.py covers the look-ahead
     if request.param == "sqlite":
         label_studio = request.getfixturevalue("label_studio")
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ class Api:
 
 
 def new_context(tmp_path, studio, label_studio, **overrides) -> rounds.Context:
+    overrides.setdefault("team__lookahead", 0)  # one batch at a time, unless a test asks for the look-ahead
     settings = load_settings(data_dir=str(tmp_path / "ll"), studio__url=label_studio.url, **overrides)
     ledger = Ledger(settings.ledger_path)
     project = studio.ensure_project(f"reliability {uuid.uuid4().hex[:8]}", LABEL_CONFIG)
@@ -238,6 +240,45 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(
     assert len(done) == 4
     trained = [v for v in ledger.model_versions() if v["round_id"] is not None]
     assert len(trained) == len({v["round_id"] for v in trained}) <= 4  # no round trained twice
+
+
+def test_kill_9_in_the_middle_of_a_lookahead_import_resumes_with_no_duplicate_task(
+    tmp_path, studio, label_studio, starter_model
+):
+    pool = tmp_path / "pool.tsv"
+    lines = (ROOT / "data/paradetox/pool.tsv").read_text().splitlines()[:41]
+    pool.write_text("\n".join(lines) + "\n")
+    ctx = new_context(tmp_path, studio, label_studio, pool__path=str(pool), cluster__k=2, select__budget=4,
+                      select__max_rounds=2, team__lookahead=1, learner__base_model=str(starter_model),
+                      learner__epochs=1, learner__instruction=False, learner__max_target_tokens=48)
+    ingest(ctx.ledger, pool, text_col="text", reference_col="reference")
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(ctx.settings.model_dump(mode="json")))
+    env = dict(os.environ, LABEL_STUDIO_API_KEY=label_studio.token, PYTHONPATH=str(ROOT))
+    env.pop("OPENAI_API_KEY", None)
+    command = [sys.executable, str(ROOT / "tests" / "support" / "crash_driver.py"), str(settings_file), "2"]
+    # killed at a known point, not at a random moment: Label Studio has round 2's tasks, the ledger has none
+    killed = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=600,
+                            env=dict(env, CRASH_DRIVER_KILL_AT="lookahead-import"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-3000:]
+    ledger, api = ctx.ledger, Api(label_studio)
+    assert [r["state"] for r in ledger.rounds()] == ["verifying", "distilled"]
+    lookahead = [b for b in ledger.batch(2) if b["draft"]]
+    assert lookahead and not any(b["task_id"] for b in lookahead)
+    assert sum(k.startswith("r2-") for k in _ls_task_keys(api, ctx.project_id)) == len(lookahead)
+
+    final = subprocess.run(command, capture_output=True, env=env, cwd=ROOT, timeout=600)
+    assert final.returncode == 0, final.stderr.decode()[-3000:]
+    keys = _ls_task_keys(api, ctx.project_id)
+    assert len(keys) == len(set(keys)), "a task was imported twice"
+    imported = {rounds.task_key(r["id"], b["pool_id"]): b["task_id"]
+                for r in ledger.rounds() for b in ledger.batch(r["id"]) if b["draft"]}
+    assert set(keys) == set(imported) and all(imported.values())
+    assert studio.existing_keys(ctx.project_id) == imported
+    assert [(r["state"], r["learner_version"]) for r in ledger.rounds()] == [("done", "v0"), ("done", "v0")]
+    rounds.sync_verifications(ctx, full=True)
+    annotated = studio.completed_annotations(ctx.project_id)
+    assert len({a.task_id for a in annotated}) == len(annotated) == len(imported)  # every task verified once
 
 
 def test_a_label_studio_outage_is_survived_without_a_manual_step(tmp_path, studio, label_studio, starter_model):

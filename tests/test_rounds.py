@@ -23,7 +23,7 @@ from tests.support.memstudio import MemStudio
 def ctx(tmp_path, small_pool, starter_model) -> rounds.Context:
     settings = load_settings(
         data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
-        learner__epochs=1, cluster__k=3, select__budget=6,
+        learner__epochs=1, cluster__k=3, select__budget=6, team__lookahead=0,  # one batch at a time
     )
     ledger = Ledger(settings.ledger_path)
     ensure_pool(settings, ledger)

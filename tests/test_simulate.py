@@ -104,6 +104,18 @@ def test_rejections_shrink_the_labeled_set_and_profanity_judge_is_flagged(tiny: 
     assert "Warning: the judge is R itself" in (tiny["dir"] / "reject" / "report.md").read_text()
 
 
+def test_a_lookahead_selects_with_the_learner_of_the_round_before_the_last(tiny: dict, starter_model: Path):
+    def run_with(lookahead: int) -> list[dict]:
+        res = run(_cfg(tiny, f"ahead-{lookahead}", learner=str(starter_model), strategies=["stratified"], seeds=[0],
+                       rounds=3, lookahead=lookahead))
+        return [r for r in res["records"] if r["round"] > 0]
+
+    fresh, stale = run_with(0), run_with(1)
+    assert [r["selected_by"] for r in fresh] == [0, 1, 2]
+    assert [r["selected_by"] for r in stale] == [0, 0, 1]  # round r+1 is scored by round r-1's learner
+    assert fresh[0]["mean_r_selected"] == stale[0]["mean_r_selected"]  # round 1: the starter either way
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"reference_col": "nope"}, "reference column 'nope' is missing"),
     ({"group_col": "nope"}, "group column 'nope' is missing"),
@@ -111,6 +123,7 @@ def test_rejections_shrink_the_labeled_set_and_profanity_judge_is_flagged(tiny: 
     ({"strategies": ["best"]}, "--strategy best"),
     ({"reject_rate": 1.0}, "--reject-rate"),
     ({"judge": "oracle"}, "--judge 'oracle'"),
+    ({"lookahead": -1}, "--lookahead"),
 ])
 def test_bad_settings_are_clear_errors(tiny: dict, kw: dict, message: str):
     with pytest.raises(SimulateError, match=message):

@@ -20,6 +20,7 @@ from tests.support.memstudio import MemStudio
 
 
 def make_ctx(tmp_path, small_pool, starter_model, studio, **team) -> rounds.Context:
+    team.setdefault("lookahead", 0)  # one batch at a time, unless a test asks for the look-ahead
     settings = load_settings(
         data_dir=str(tmp_path / "labelloop"), pool__path=str(small_pool), learner__base_model=str(starter_model),
         learner__epochs=1, cluster__k=3, select__budget=6, scheduler__reconcile_seconds=0,
@@ -484,3 +485,104 @@ def test_the_demo_team_two_simulated_annotators_verify_every_task_and_one_skips(
     people = {v["annotator"] for v in ctx.ledger.verifications(1)}
     assert people == {"annotator-1@labelloop.local", "annotator-2@labelloop.local"}
     assert status.facts(ctx.ledger)["agreement"]["overall"]["units"] == 5
+
+
+# -------------------------------------------------------------------------------------------- look-ahead
+
+
+def open_tasks(ctx: rounds.Context) -> list[str]:
+    """Every task key in the project, duplicates kept (the look-ahead must never add a second copy)."""
+    return sorted(t["data"]["labelloop_key"] for t in ctx.studio.tasks(ctx.project_id))
+
+
+def test_the_lookahead_is_on_by_default():
+    from loop.config import TeamSettings
+
+    assert TeamSettings().lookahead == 1
+
+
+def test_the_lookahead_imports_the_next_batch_while_one_is_verified_and_the_one_after_uses_the_newest_learner(
+        mem_ctx):
+    from click.testing import CliRunner
+
+    from loop.cli import main
+    from ml_backend.app import create_app
+
+    ctx = mem_ctx(lookahead=1)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6; look-ahead round 2 verified 0/6"
+    first, second = ctx.ledger.batch(1), ctx.ledger.batch(2)
+    assert all(b["task_id"] for b in first + second)  # both batches wait in Label Studio
+    assert not {b["pool_id"] for b in first} & {b["pool_id"] for b in second}  # an open round's items are taken
+    assert [(r["state"], r["learner_version"]) for r in ctx.ledger.rounds()] == [("verifying", "v0")] * 2
+    facts = status.facts(ctx.ledger)
+    assert facts["current"]["round"] == 1 and [(r["round"], r["state"]) for r in facts["lookahead"]] == [
+        (2, "verifying")]
+    client = create_app(ctx.settings, ctx.ledger).test_client()
+    page = client.get("/dashboard").get_data(as_text=True)
+    assert '<div class="v" id="lookahead-2">2: 0\n  / 6</div>' in page
+    assert '<td class="state">verifying (look-ahead)</td>' in page and '<td class="state">verifying</td>' in page
+    assert "labelloop_lookahead_rounds 1.0" in client.get("/metrics").get_data(as_text=True)
+    config = ctx.settings.data_dir / "team.json"
+    config.write_text(ctx.settings.model_dump_json())
+    shown = CliRunner().invoke(main, ["-c", str(config), "status"], terminal_width=250).output
+    assert "current round 1: verifying" in shown and "look-ahead round 2: verifying, verified 0/6" in shown
+
+    # someone starts on the look-ahead before round 1 is done: it counts, and round 2 still closes after round 1
+    verify(ctx, second[0], "edit")
+    for item in first[:-1]:
+        verify(ctx, item)
+    assert settle(ctx).message == "waiting: round 1 verified 5/6; look-ahead round 2 verified 1/6"
+    verify(ctx, first[-1])
+    steps = [s.message for s in rounds.run_until_waiting(ctx)]
+    assert steps == ["round 1: all 6 verified", "round 1: done, learner v1",
+                     "round 3: selected (look-ahead: round 2 is being verified)", "round 3: distilled 6 (0 failed)",
+                     "round 3: imported 6 tasks", "waiting: round 2 verified 1/6; look-ahead round 3 verified 0/6"]
+    assert ctx.ledger.find_current_model()["pairs"] == 7  # round 1's six and the look-ahead's edit
+    assert [r["learner_version"] for r in ctx.ledger.rounds()] == ["v0", "v0", "v1"]  # the newest learner
+    keys = open_tasks(ctx)
+    assert len(keys) == len(set(keys)) == 18
+
+
+def test_without_a_lookahead_one_batch_at_a_time(mem_ctx):
+    ctx = mem_ctx(lookahead=0)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6"
+    assert [r["id"] for r in ctx.ledger.rounds()] == [1]
+    for item in ctx.ledger.batch(1):
+        verify(ctx, item)
+    steps = [s.message for s in rounds.run_until_waiting(ctx)]
+    assert steps == ["round 1: all 6 verified", "round 1: done, learner v1", "round 2: selected",
+                     "round 2: distilled 6 (0 failed)", "round 2: imported 6 tasks", "waiting: round 2 verified 0/6"]
+    assert [r["learner_version"] for r in ctx.ledger.rounds()] == ["v0", "v1"]
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+def test_a_failed_lookahead_import_resumes_without_a_duplicate_task(mem_ctx, after):
+    from loop.errors import StudioError
+
+    ctx = mem_ctx(lookahead=1)
+    steps = [rounds.advance(ctx).message for _ in range(5)]
+    assert steps[3:] == ["round 2: selected (look-ahead: round 1 is being verified)", "round 2: distilled 6 (0 failed)"]
+    ctx.studio.fail_next("import_batch", after=after)  # after: Label Studio has the tasks, the answer is lost
+    with pytest.raises(StudioError):
+        rounds.advance(ctx)
+    assert ctx.ledger.get_round(2)["state"] == "distilled"
+    assert settle(ctx).message == "waiting: round 1 verified 0/6; look-ahead round 2 verified 0/6"
+    keys = open_tasks(ctx)
+    assert len(keys) == len(set(keys)) == 12
+    assert {t["data"]["labelloop_key"]: t["id"] for t in ctx.studio.tasks(ctx.project_id)} == {
+        rounds.task_key(b["round_id"], b["pool_id"]): b["task_id"] for r in (1, 2) for b in ctx.ledger.batch(r)}
+
+
+def test_the_lookahead_through_the_real_label_studio(tmp_path, small_pool, starter_model, studio):
+    ctx = make_ctx(tmp_path, small_pool, starter_model, studio, lookahead=1)
+    assert settle(ctx).message == "waiting: round 1 verified 0/6; look-ahead round 2 verified 0/6"
+    assert studio.counts(ctx.project_id)["task_number"] == 12  # round 2 is there before round 1 is done
+    for item in ctx.ledger.batch(1):
+        verify(ctx, item)
+    assert settle(ctx).message == "waiting: round 2 verified 0/6; look-ahead round 3 verified 0/6"
+    assert [(r["state"], r["learner_version"]) for r in ctx.ledger.rounds()] == [
+        ("done", "v0"), ("verifying", "v0"), ("verifying", "v1")]
+    ledger_keys = {rounds.task_key(r["id"], b["pool_id"]): b["task_id"]
+                   for r in ctx.ledger.rounds() for b in ctx.ledger.batch(r["id"])}
+    assert studio.existing_keys(ctx.project_id) == ledger_keys and len(ledger_keys) == 18
+    assert studio.counts(ctx.project_id)["task_number"] == 18  # no second copy of any task

@@ -40,6 +40,10 @@ class RoundTables(Store):
         rows = self._rows("SELECT * FROM rounds ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
 
+    def open_rounds(self) -> list[dict]:
+        """The rounds not done yet, oldest first: the one being verified (or trained), then any look-ahead."""
+        return self._rows("SELECT * FROM rounds WHERE state != 'done' ORDER BY id")
+
     def find_round(self, round_id: int) -> dict | None:
         """One round, or None."""
         rows = self._rows("SELECT * FROM rounds WHERE id = ?", [round_id])
