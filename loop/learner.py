@@ -229,6 +229,15 @@ def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def optimizer_step(loss: torch.Tensor, net: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> None:
+    """Back-propagate `loss` and take one clipped step (norm 1.0): the step every learner and starter takes."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """The learning-rate multiplier at optimizer step `step` (0-based) of `total`: linear warm-up over the
     first `warmup` share of steps, then linear decay to 0 at the end (T5 fine-tuning's usual shape)."""
@@ -309,11 +318,7 @@ def fine_tune(
                 chunk = [pairs[j] for j in order[i : i + batch_size]]
                 batch, labels = encode_pairs(tokenizer, chunk, max_source_tokens, max_target_tokens, device)
                 loss = net(**batch, labels=labels).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                opt.step()
-                sched.step()
+                optimizer_step(loss, net, opt, sched)
                 total += loss.item() * len(chunk)
                 count += len(chunk)
                 bar.update(1)

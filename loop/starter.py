@@ -128,6 +128,8 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
     from tqdm.auto import tqdm
     from transformers import T5ForConditionalGeneration
 
+    from loop.learner import optimizer_step
+
     train_pairs = pairs + ([(r, r) for _, r in pairs] if COPY_PAIRS else [])
     tokenizer = train_tokenizer(tokenizer_texts, vocab_size)
 
@@ -162,11 +164,7 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
         ).input_ids
         labels[labels == tokenizer.pad_token_id] = -100
         loss = model(**enc, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
     tail = losses[-min(len(losses), 50) :]
