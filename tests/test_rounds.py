@@ -228,7 +228,8 @@ def test_tasks_carry_subgroup_and_learner_version_and_a_studio_export_keeps_them
     pool.write_text("text\treference\tgroup\n" + "".join(
         f"you idiot number {i}\tplease, number {i}\t{'women' if i % 2 else 'immigrants'}\n" for i in range(12)))
     settings = load_settings(data_dir=str(tmp_path / "labelloop"), pool__path=str(pool), pool__group_col="group",
-                             learner__base_model=str(starter_model), cluster__k=2, select__budget=4)
+                             learner__base_model=str(starter_model), cluster__k=2, select__budget=4,
+                             team__lookahead=0)  # one batch of 4 at a time
     ledger = Ledger(settings.ledger_path)
     ensure_pool(settings, ledger)
     studio = MemStudio()

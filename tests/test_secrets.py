@@ -35,6 +35,7 @@ def test_no_secret_reaches_logs_ledger_exports_or_files(tmp_path, small_pool, la
             learner__epochs=1, cluster__k=2, select__budget=4, studio__url=label_studio.url,
             studio__project_title=f"secrets {uuid.uuid4().hex[:8]}", backend__port=free_port(),
             teacher__base_url=llm.base_url, teacher__model="gpt-test",
+            team__lookahead=0,  # one batch at a time: test_team.py covers the look-ahead
         )
         running = service.start(settings, progress=False)
         try:
