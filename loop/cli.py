@@ -547,11 +547,19 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="Where results.json, curves.png, groups.png and report.md go.")
 @click.option("--learner", default="models/starter", show_default=True,
               help="Seq2seq checkpoint every run starts from (ignored with --starter).")
-@click.option("--starter", default=None, metavar="build[:N]",
-              help="Build the starter for this data instead: a small T5 (loop/starter.py) trained on N pairs of"
-                   " --data (default 400) kept out of pool and test, tokenizer fitted on seed and pool rows only;"
-                   " cached in --cache-dir.")
+@click.option("--starter", default=None, metavar="pool|build[:N]",
+              help="Build the starter for this data instead (a small T5, loop/starter.py; cached in --cache-dir)."
+                   " pool: self-supervised, it learns only to copy the pool's texts, so all it knows of the task"
+                   " comes from the budget. build:N: trained on N pairs of --data (default 400) kept out of pool"
+                   " and test. Its tokenizer never sees the test split.")
 @click.option("--starter-steps", default=600, show_default=True, help="Training steps of a built starter.")
+@click.option("--starter-width", default=128, show_default=True,
+              help="d_model of a built starter, a multiple of 32 from 64 (128: about 1.4 M parameters;"
+                   " 256: about 4 M).")
+@click.option("--second-learner", default=None, metavar="width:W|DIR",
+              help="A learner outside the loop, fine-tuned once on each run's acquired pairs and tested the same"
+                   " way (does the data help another model?): width:W builds it as --starter does at width W, or"
+                   " give a seq2seq checkpoint directory.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(STRATEGIES),
               help="Strategies to compare (repeatable; default all four).")

@@ -48,10 +48,15 @@ def summary(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     for key, _, _ in CURVES + [e for e in EXTRA if all(e[0] in r for r in records)]:
         out[key] = {}
         for strategy, rounds in _series(records, key).items():
-            v = np.asarray(rounds[last])
-            out[key][strategy] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                  "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+            out[key][strategy] = _spread(rounds[last])
     return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample std, min, max and count of one metric over seeds."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": len(v)}
 
 
 def vs_starter(a: dict[str, float], start: float, higher_better: bool) -> str:
@@ -224,6 +229,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
     lines += _examples(result, strategies)
     lines += _tests(result, last)
     lines += _k_sweep(result, last)
+    lines += _second(result)
     lines += ["Against the starter (round 0, before any selection), after the last round (descriptive: whether"
               " every seed ends on one side of the starter's value; not a test):", ""]
     for key, label, higher in CURVES:
@@ -258,10 +264,15 @@ def _starter_line(result: dict) -> str:
                 " learned from 2,000 ParaDetox pairs, and its tokenizer saw all of data/paradetox/pool.tsv, test"
                 " references included).")
     how = "reused from the cache (built in" if built.get("cached") else "built for this run in"
+    if built.get("objective") == "copy":
+        what = (f"to copy each of the {built['pairs']} pool texts to itself (self-supervised: no labelled pair, so"
+                " everything it knows of the task comes from the budget)")
+    else:
+        what = (f"on {built['pairs']} pairs of `{built['data']}` kept out of pool and test, plus"
+                f" {built['copy_pairs']} copy pairs (reference to itself)")
     return (f"Starter: built for this data by `{built['built_by']}` (loop/starter.py): a T5 of"
             f" {built['parameters'] / 1e6:.1f} M parameters trained {built['steps']} steps (batch"
-            f" {built['batch_size']}, lr {built['lr']:g}) on {built['pairs']} pairs of `{built['data']}` kept out of"
-            f" pool and test, plus {built['copy_pairs']} copy pairs (reference to itself); tokenizer fitted on"
+            f" {built['batch_size']}, lr {built['lr']:g}) {what}; tokenizer fitted on"
             f" {built['tokenizer_data']}. {how.capitalize()} {built['seconds']:.0f} s"
             + (")." if built.get("cached") else "."))
 
@@ -327,6 +338,38 @@ def _test_row(c: dict, against: str, seeds: int) -> str:
     return (f"| {c['label']} ({'↑' if c['higher_better'] else '↓'}) | {against} | "
             f"{c['diff'] * k:+.2f} [{c['low'] * k:+.2f}, {c['high'] * k:+.2f}] | {c['p']:.3f} | "
             f"{c['p_holm']:.3f} | {ahead} of {seeds} (p {c['sign']['p']:.2f}) | **{c['verdict']}** |")
+
+
+def _second(result: dict) -> list[str]:
+    """The second learner (not in the loop) trained on each strategy's acquired pairs: its metrics per
+    strategy over seeds, then the same paired tests as the headline."""
+    second = result.get("second_learner")
+    if not second:
+        return []
+    info, values, start = second["learner"], second["values"], second["start"]
+    if info.get("built") is False:
+        what = f"`{info['path']}` (given with --second-learner)"
+    else:
+        what = (f"a T5 of {info['parameters'] / 1e6:.1f} M parameters (width {info.get('width')}), built as the"
+                f" starter was, {info['steps']} steps")
+    strategies = sorted(values, key=lambda s: (s != "stratified", s))
+    lines = ["## Does the acquired data help a model outside the loop?", "",
+             f"A second learner, {what}, fine-tuned once from its start on each run's accepted pairs (as many as"
+             " the run acquired, same schedule), then scored on the test split. mean ± std [min, max] over seeds.",
+             "", "| metric | its start | " + " | ".join(strategies) + " |", "|" + "---|" * (len(strategies) + 2)]
+    for key, label, higher in CURVES:
+        summ = {s: _spread([v[key] for v in values[s]]) for s in strategies}
+        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * _scale(key):.2f} | "
+                     + " | ".join(_fmt(summ[s], key) for s in strategies) + " |")
+    tests = second.get("tests") or {}
+    comparisons = tests.get("comparisons") or []
+    if comparisons:
+        seeds = tests["method"]["seeds"]
+        lines += ["", "Paired tests as above (Holm over these tests alone):", "",
+                  "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [_test_row(c, c["against"], seeds) for c in comparisons]
+    return [*lines, ""]
 
 
 def _k_sweep(result: dict, last: int) -> list[str]:

@@ -58,8 +58,12 @@ class SimConfig:
     tag_groups: bool = False  # no group column: tag the target group each text mentions (loop/groups.py)
     out_dir: str = "simulate-out"
     learner: str = "models/starter"
-    starter: str | None = None  # "build[:N]": train the starter on N pairs of `data` kept out of pool and test
+    starter: str | None = None  # "build[:N]": on N pairs of `data` kept out of pool and test; "pool": copy the pool
     starter_steps: int = 600  # training steps of a built starter (models/starter's 600)
+    starter_width: int = 128  # d_model of a built starter (loop/starter.py's WIDTH: about 1.4 M parameters)
+    # a learner outside the loop, trained once on each run's acquired pairs (the paper's claim that the data helps
+    # other models): a checkpoint directory, or "width:W", a starter built as --starter says at another width
+    second_learner: str | None = None
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # >= 5: see loop/stats.py
     rounds: int = 5
@@ -92,6 +96,18 @@ class SimConfig:
     cache_dir: str = ".labelloop/cache"
     progress: bool = True
 
+    def second_width(self) -> int | None:
+        """The width of a built second learner (`width:W`), else None (a checkpoint directory)."""
+        assert self.second_learner is not None
+        w = _width_of(self.second_learner)
+        if w is not None and self.starter is None:
+            raise SimulateError(f"--second-learner {self.second_learner}: a built second learner needs --starter"
+                                " (it is built the same way at another width); or give a checkpoint directory")
+        if w is None and not (Path(self.second_learner) / "config.json").is_file():
+            raise SimulateError(f"--second-learner {self.second_learner}: no checkpoint there; give a seq2seq"
+                                " checkpoint directory or width:W")
+        return w
+
     def check(self) -> None:
         """Raise SimulateError naming the first unusable setting."""
         if self.tag_groups and self.group_col:
@@ -111,6 +127,11 @@ class SimConfig:
                      "starter_steps", "candidates_per_cluster"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.second_learner is not None:
+            self.second_width()  # raises on a malformed spec
+        if self.starter_width < 64 or self.starter_width % 32:
+            raise SimulateError(f"--starter-width must be a multiple of 32, at least 64 (two attention heads; got"
+                                f" {self.starter_width})")
         if self.k_sweep and not {"stratified", "random"} <= set(self.strategies):
             raise SimulateError("--k " + ",".join(map(str, self.k_sweep)) + ": the sweep tests stratified at each K"
                                 " against random; keep both in --strategy")
@@ -175,6 +196,17 @@ def _usable(cfg: SimConfig, path: str) -> tuple[list[dict], list[int]]:
     return [r for r in rows if r["reference"] is not None], [r["line"] for r in rows if r["reference"] is None]
 
 
+def _width_of(spec: str) -> int | None:
+    """W of a `width:W` spec, else None; raises SimulateError on a malformed W."""
+    kind, _, w = spec.partition(":")
+    if kind != "width":
+        return None
+    if not w.isdigit() or int(w) < 64 or int(w) % 32:
+        raise SimulateError(f"--second-learner {spec!r}: width:W needs W a multiple of 32, at least 64 (two"
+                            " attention heads; e.g. width:256)")
+    return int(w)
+
+
 def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
     """(pool rows, test rows, lines skipped for lacking a reference), drawn once from `split_seed`.
 
@@ -203,10 +235,13 @@ def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
 
 
 def seed_pairs(cfg: SimConfig) -> int:
-    """How many pairs `--starter build[:N]` trains the starter on (SEED_PAIRS unless N is given)."""
+    """How many labelled pairs `--starter` trains the starter on: N of `build[:N]` (SEED_PAIRS unless
+    given), 0 for `pool` (the self-supervised starter that only learned to copy the pool's texts)."""
+    if cfg.starter == "pool":
+        return 0
     kind, _, n = (cfg.starter or "").partition(":")
     if kind != "build" or (n and not n.isdigit()) or n == "0":
-        raise SimulateError(f"--starter {cfg.starter!r}: use build, or build:N with N >= 1 pairs")
+        raise SimulateError(f"--starter {cfg.starter!r}: use pool, build, or build:N with N >= 1 pairs")
     return int(n) if n else SEED_PAIRS
 
 
@@ -225,25 +260,38 @@ def seed_split(cfg: SimConfig, pool: list[dict], test: list[dict]) -> list[dict]
 
 
 def build_starter(cfg: SimConfig, seed_rows: list[dict], pool: list[dict]) -> tuple[Path, dict]:
-    """Train a starter for this data and task (loop/starter.py) on the seed rows, its tokenizer fitted on
-    seed and pool rows only (never the test split), cached in cache_dir by content; (path, facts)."""
+    """Train a starter for this data and task (loop/starter.py), cached in cache_dir by content; (path, facts).
+
+    `build:N`: on the N seed rows (plus their references copied), the tokenizer fitted on seed and pool rows.
+    `pool`: self-supervised, to copy each pool text (as the learner sees it) to itself, the tokenizer fitted on
+    the pool's texts: no labelled pair, so all it knows of the task comes from the budget. Never the test split."""
     from loop import starter
 
     _, seen = _learner_view(cfg)  # the learner's inputs as fine-tuning will give them
-    pairs = [(seen(r["text"]), r["reference"]) for r in seed_rows]
-    tok_texts = [t for r in seed_rows + pool for t in (seen(r["text"]), r["reference"])]
-    key = hashlib.sha1(json.dumps([pairs, tok_texts, cfg.starter_steps, starter.WIDTH, starter.VOCAB_SIZE,
-                                   starter.COPY_PAIRS]).encode()).hexdigest()[:12]
+    if seed_rows:
+        pairs = [(seen(r["text"]), r["reference"]) for r in seed_rows]
+        tok_texts = [t for r in seed_rows + pool for t in (seen(r["text"]), r["reference"])]
+        copy_pairs, objective = starter.COPY_PAIRS, "pairs"
+        tokenizer_data = (f"the {len(pairs)} seed pairs and the {len(pool)} pool rows (texts and first references);"
+                          " no test rows")
+    else:
+        pairs = [(seen(r["text"]), r["text"]) for r in pool]
+        tok_texts = [seen(r["text"]) for r in pool]
+        copy_pairs, objective = False, "copy"
+        tokenizer_data = f"the {len(pool)} pool texts only; no reference, no test rows"
+    key = hashlib.sha1(json.dumps([pairs, tok_texts, cfg.starter_steps, cfg.starter_width, starter.VOCAB_SIZE,
+                                   copy_pairs]).encode()).hexdigest()[:12]
     path = Path(cfg.cache_dir) / f"starter-{key}"
     if not starter.is_built(path):
-        log.info("building a starter on %d seed pairs (%d steps; cached at %s)", len(pairs), cfg.starter_steps, path)
+        log.info("building a starter on %d %s pairs (%d steps; cached at %s)", len(pairs), objective,
+                 cfg.starter_steps, path)
         t = time.perf_counter()
         model, tokenizer, facts = starter.train(pairs, tok_texts, steps=cfg.starter_steps, seed=cfg.split_seed,
-                                                progress=cfg.progress)
+                                                width=cfg.starter_width, copy_pairs=copy_pairs, progress=cfg.progress)
         starter.save(model, tokenizer, path, {
             "built_by": f"labelloop simulate --starter {cfg.starter}", "data": cfg.data, "split_seed": cfg.split_seed,
-            "tokenizer_data": f"the {len(pairs)} seed pairs and the {len(pool)} pool rows (texts and first"
-                              " references); no test rows", **facts, "seconds": round(time.perf_counter() - t, 1)})
+            "objective": objective, "tokenizer_data": tokenizer_data, **facts,
+            "seconds": round(time.perf_counter() - t, 1)})
         cached = False
     else:
         cached = True
@@ -317,7 +365,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     built = None
     if cfg.starter is not None:  # from here on the learner is the starter built for this data
         t = time.perf_counter()
-        path, built = build_starter(cfg, seed_split(cfg, pool, test), pool)
+        path, built = build_starter(cfg, seed_split(cfg, pool, test) if seed_pairs(cfg) else [], pool)
         cfg = replace(cfg, learner=str(path))
         built["wall_s"] = round(time.perf_counter() - t, 1)
     judge_fn, judge_info = build_judge(cfg)
@@ -385,6 +433,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         timings["starter_s"] = time.perf_counter() - t
         records: list[dict] = []
         final_items: dict[str, list[dict]] = {}  # strategy -> per-item values of each seed's last round
+        acquired: dict[tuple[str, int], list[int]] = {}  # (strategy, seed) -> pool rows accepted over its rounds
         total = (len(cfg.strategies) + len(set(cfg.k_sweep) - {cfg.k})) * len(cfg.seeds) * cfg.rounds
         with tqdm(total=total, desc="simulate", disable=not cfg.progress) as bar:
             for seed in cfg.seeds:
@@ -393,9 +442,10 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                 for strategy in cfg.strategies:
                     records.append({"strategy": strategy, "seed": seed, "round": 0, "labeled": 0, "selected": 0,
                                     "accepted": 0, **starter_metrics})
-                    records.extend(_one_run(cfg, strategy, seed, rejected, pool_in, pool_ref, pool_cluster,
-                                            starter_pool, test_in, gen, evaluate, r_score,
-                                            Path(tmp) / f"{strategy}-{seed}", bar))
+                    rows, acquired[strategy, seed] = _one_run(cfg, strategy, seed, rejected, pool_in, pool_ref,
+                                                              pool_cluster, starter_pool, test_in, gen, evaluate,
+                                                              r_score, Path(tmp) / f"{strategy}-{seed}", bar)
+                    records.extend(rows)
                     final_items.setdefault(strategy, []).append(last_items[0])
                     if seed == cfg.seeds[0]:  # the examples show the first seed's last round
                         for i, ex in enumerate(examples):
@@ -408,6 +458,12 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                 return last_items[0]
 
             sweep = _k_sweep(cfg, vectors[: len(pool)], final_items, test_group, not reply, stratified_at)
+        second = None
+        if cfg.second_learner is not None:
+            t = time.perf_counter()
+            second = _second_learner(cfg, pool, test, acquired, pool_in, pool_ref, test_in, gen, evaluate,
+                                     last_items, Path(tmp), test_group, not reply)
+            timings["second_learner_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     result = {
         "command": command,
@@ -425,6 +481,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         "examples": examples,
         "tests": decide(final_items, test_group, ranked_by_chrf=not reply),
         "k_sweep": sweep,
+        "second_learner": second,
         "training": (f"each round fine-tunes {START[cfg.regime]} on all accepted pairs so far ({cfg.optimizer}, lr"
                      f" {cfg.lr:g}, warm-up {cfg.warmup:g} then linear decay, weight decay {cfg.weight_decay:g}"
                      " except norms and biases)"),
@@ -519,6 +576,42 @@ def _k_sweep(cfg: SimConfig, pool_vectors: np.ndarray, final_items: dict[str, li
             "metrics": {name: label for name, _, label, _ in stats.COMPARED}}
 
 
+def _second_learner(cfg: SimConfig, pool: list[dict], test: list[dict], acquired: dict[tuple[str, int], list[int]],
+                    pool_in: list[str], pool_ref: list[str], test_in: list[str], gen: Callable, evaluate: Callable,
+                    last_items: list[dict], tmp: Path, groups: list[object], ranked_by_chrf: bool) -> dict:
+    """The paper's claim that the acquired data helps a model outside the loop: a second learner (another
+    size, or any checkpoint) fine-tuned once from its start on each (strategy, seed)'s accepted pairs, exactly as
+    the loop's learner is trained, evaluated on the same test split, with the same paired tests."""
+    from tqdm.auto import tqdm
+
+    from loop import learner
+
+    width = cfg.second_width()
+    if width is None:
+        start, info = cfg.second_learner, {"path": cfg.second_learner, "built": False}
+    else:
+        seed_rows = seed_split(cfg, pool, test) if seed_pairs(cfg) else []
+        path, info = build_starter(replace(cfg, starter_width=width), seed_rows, pool)
+        start = str(path)
+    start_metrics = evaluate(gen(start, test_in))
+    values: dict[str, list[dict]] = {}
+    items: dict[str, list[dict]] = {}
+    for (strategy, seed), rows in tqdm(acquired.items(), desc="second learner", disable=not cfg.progress):
+        model = start  # a run that accepted nothing leaves the second learner as it started
+        if rows:
+            model = str(tmp / f"second-{strategy}-{seed}")
+            learner.fine_tune(start, [(pool_in[i], pool_ref[i]) for i in rows], model, epochs=cfg.epochs, lr=cfg.lr,
+                              batch_size=cfg.batch_size, seed=seed * 1000 + cfg.rounds,
+                              max_target_tokens=cfg.max_new_tokens, optimizer=cfg.optimizer, warmup=cfg.warmup,
+                              weight_decay=cfg.weight_decay)
+        got = evaluate(gen(model, test_in))
+        learner.clear_cache()
+        values.setdefault(strategy, []).append({"seed": seed, "pairs": len(rows), **got})
+        items.setdefault(strategy, []).append(last_items[0])
+    return {"learner": info, "start": start_metrics, "values": values,
+            "tests": decide(items, groups, ranked_by_chrf=ranked_by_chrf)}
+
+
 def _constant_reply(references: list[str]) -> str:
     """The constant baseline's reply: the most common reference (ties: the shortest, then the first)."""
     counts: dict[str, int] = {}
@@ -529,8 +622,9 @@ def _constant_reply(references: list[str]) -> str:
 
 def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, pool_text: list[str],
              pool_ref: list[str], pool_cluster: np.ndarray, starter_pool: list[str], test_text: list[str],
-             gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path, bar) -> list[dict]:
-    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate.
+             gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path, bar) -> tuple[list[dict], list[int]]:
+    """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate; (one row per
+    round, the pool rows accepted over all rounds).
 
     With `lookahead` L a round is scored by the learner trained L rounds before the newest, as the live
     loop selects a look-ahead batch while the round before it is still verified (and not yet trained on)."""
@@ -582,4 +676,4 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         bar.set_postfix(strategy=strategy, seed=seed, chrf=f"{row['chrf']:.1f}")
     if model != cfg.learner:
         learner.clear_cache()  # this run's checkpoints are done with; free their memory
-    return rows
+    return rows, accepted

@@ -117,9 +117,11 @@ def copy_friendly_init(model, scale: float = 1.0, bias: float = 5.0) -> None:
 
 
 def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: int, seed: int = 0, lr: float = LR,
-          width: int = WIDTH, vocab_size: int = VOCAB_SIZE, progress: bool = False, desc: str = "starter"):
-    """Fit a tokenizer on `tokenizer_texts` and train a fresh small T5 on `pairs` (plus copy pairs) for
-    `steps` steps: (model in eval mode, tokenizer, facts for labelloop.json). Deterministic given `seed`."""
+          width: int = WIDTH, vocab_size: int = VOCAB_SIZE, copy_pairs: bool = COPY_PAIRS, progress: bool = False,
+          desc: str = "starter"):
+    """Fit a tokenizer on `tokenizer_texts` and train a fresh small T5 on `pairs` (plus each reference copied
+    to itself with `copy_pairs`) for `steps` steps: (model in eval mode, tokenizer, facts for labelloop.json).
+    Deterministic given `seed`. Pairs of (text, text) alone make the self-supervised copy starter."""
     if steps < 0:
         raise ValueError("steps must be >= 0")
     if not pairs:
@@ -130,7 +132,7 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
 
     from loop.learner import optimizer_step
 
-    train_pairs = pairs + ([(r, r) for _, r in pairs] if COPY_PAIRS else [])
+    train_pairs = pairs + ([(r, r) for _, r in pairs] if copy_pairs else [])
     tokenizer = train_tokenizer(tokenizer_texts, vocab_size)
 
     torch.manual_seed(seed)
@@ -180,6 +182,7 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
         "lr": lr,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
+        "width": width,
     }
     return model, tokenizer, facts
 

@@ -65,7 +65,7 @@ def test_the_built_starter_learns_from_a_seed_split_outside_pool_and_test_and_ne
 
 
 @pytest.mark.parametrize(("kw", "message"), [
-    ({"starter": "buld"}, "--starter 'buld': use build"),
+    ({"starter": "buld"}, "--starter 'buld': use pool, build"),
     ({"starter": "build:0"}, "--starter 'build:0'"),
     ({"starter": "build:45"}, "44 usable rows outside pool and test; --starter build:45 needs 45"),
 ])
@@ -117,3 +117,47 @@ def test_the_cli_takes_several_k(marked: dict, starter_model: Path):
     got = CliRunner().invoke(main, ["simulate", "--data", marked["base"]["data"], "--k", "2,3", "--strategy",
                                     "stratified", "--out", str(marked["dir"] / "cli")])
     assert got.exit_code == 1 and "keep both in --strategy" in got.output
+
+
+# --- the self-supervised starter (--starter pool) and a second learner outside the loop (--second-learner)
+def test_the_pool_starter_learns_to_copy_pool_texts_with_no_labelled_pair_and_a_tokenizer_of_pool_texts(marked: dict):
+    from transformers import AutoTokenizer
+
+    cfg = _cfg(marked, "pool", starter="pool", starter_steps=6, starter_width=64)
+    pool, test, _ = load_split(cfg)
+    path, built = build_starter(cfg, [], pool)
+    assert built["objective"] == "copy" and built["pairs"] == len(pool) == 40 and built["copy_pairs"] == 0
+    assert built["width"] == 64 and not built["cached"]
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok.tokenize(f" {POOL_WORD}")) > 1  # only pool *references* carry it: the pool starter saw none
+    assert len(tok.tokenize(f" {LEAK}")) > 1
+    wider, _ = build_starter(_cfg(marked, "pool", starter="pool", starter_steps=6, starter_width=96), [], pool)
+    assert wider != path  # the width is part of the cache key
+
+
+def test_a_second_learner_is_trained_on_each_runs_acquired_pairs_and_tested_like_the_headline(marked: dict):
+    cfg = _cfg(marked, "second", starter="pool", starter_steps=6, starter_width=96, second_learner="width:64")
+    res = run(cfg)
+    second = res["second_learner"]
+    assert second["learner"]["width"] == 64 and second["learner"]["objective"] == "copy"
+    assert set(second["values"]) == {"stratified", "random"}
+    assert [v["seed"] for v in second["values"]["random"]] == [0, 1]
+    assert all(v["pairs"] == 8 for vs in second["values"].values() for v in vs)  # one round of 8, none rejected
+    assert {c["against"] for c in second["tests"]["comparisons"]} == {"random"}
+    assert "chrf" in second["start"] and res["timings"]["second_learner_s"] > 0
+    report = (marked["dir"] / "second" / "report.md").read_text()
+    assert "## Does the acquired data help a model outside the loop?" in report
+    assert "| metric | its start | stratified | random |" in report and "(width 64)" in report
+    assert "to copy each of the 40 pool texts to itself" in report
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"second_learner": "width:50"}, "width:W needs W a multiple of 32, at least 64"),
+    ({"second_learner": "width:64", "starter": None}, "a built second learner needs --starter"),
+    ({"second_learner": "/nowhere"}, "--second-learner /nowhere: no checkpoint there"),
+    ({"starter_width": 100}, "--starter-width must be a multiple of 32, at least 64"),
+    ({"starter_width": 32}, "--starter-width must be a multiple of 32, at least 64"),
+])
+def test_bad_second_learner_and_width_settings_are_clear_errors(marked: dict, kw: dict, message: str):
+    with pytest.raises(SimulateError, match=message):
+        _cfg(marked, "bad", **kw).check()
