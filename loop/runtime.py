@@ -98,7 +98,13 @@ def remove_conversions(model: str, cache_dir: str | Path | None = None) -> int:
 
 
 def translator(path: Path, threads: int | None = None):
-    """A CTranslate2 Translator for a converted directory, loaded once per process."""
+    """A CTranslate2 Translator for a converted directory, loaded once per process.
+
+    One single-threaded worker per thread (inter_threads), not one batch over several threads
+    (intra_threads): a small model gains little from splitting one batch's matrices, and with
+    OMP_WAIT_POLICY=PASSIVE (loop/threads.py) the threads' hand-offs cost more than the work (2 cores,
+    quiet: 638 items/s against 112; BENCHMARKS.md). Each batch still runs whole on one worker, so the
+    outputs are the same strings."""
     import ctranslate2
     import torch
 
@@ -106,7 +112,7 @@ def translator(path: Path, threads: int | None = None):
         hit = _TRANSLATORS.get(str(path))
         if hit is None:
             hit = ctranslate2.Translator(
-                str(path), device="cpu", inter_threads=1, intra_threads=threads or torch.get_num_threads()
+                str(path), device="cpu", inter_threads=threads or torch.get_num_threads(), intra_threads=1
             )
             _TRANSLATORS[str(path)] = hit
         return hit
@@ -123,16 +129,22 @@ def generate_batches(
     cache_dir: str | Path | None = None,
     on_batch: Any = None,
 ) -> dict[str, str]:
-    """Greedy outputs for already length-sorted batches of unique texts: text -> output."""
+    """Greedy outputs for already length-sorted batches of unique texts: text -> output.
+
+    Every batch is submitted at once, whole (max_batch_size = its size: the same company as with one
+    worker), and the translator's workers take them in turn; results are read back in order."""
     engine = translator(convert(model, runtime, cache_dir))
-    out: dict[str, str] = {}
+    pending = []
     for batch in batches:
         ids = tokenizer(batch, truncation=True, max_length=max_source_tokens).input_ids
         tokens = [tokenizer.convert_ids_to_tokens(x) for x in ids]
-        results = engine.translate_batch(
+        pending.append(engine.translate_batch(
             tokens, beam_size=1, max_decoding_length=max_new_tokens, max_batch_size=len(batch),
-            return_scores=False,
-        )
+            return_scores=False, asynchronous=True,
+        ))
+    out: dict[str, str] = {}
+    for batch, waiting in zip(batches, pending, strict=True):
+        results = [w.result() for w in waiting]
         hyps = [tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
         decoded = tokenizer.batch_decode(hyps, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         out.update(zip(batch, (d.strip() for d in decoded), strict=True))

@@ -111,7 +111,7 @@ def main() -> None:
     threads.configure()
     import numpy as np
 
-    from loop import learner, rounds
+    from loop import learner, rounds, scorer
     from loop.config import load_settings
     from loop.ingest import ingest
     from loop.ledger import Ledger
@@ -165,7 +165,7 @@ def main() -> None:
 
         clock = Clock()
         clock.wrap(learner, "generate", "generate")
-        clock.wrap(rounds, "score_texts", "score")
+        clock.wrap(scorer, "score_texts", "score")  # the engine calls R through loop.scorer
         t0 = time.perf_counter()
         with clock.part("train"):
             version = rounds.train_round(ctx, r1)
