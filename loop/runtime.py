@@ -111,9 +111,11 @@ def translator(path: Path, threads: int | None = None):
     with _LOCK:
         hit = _TRANSLATORS.get(str(path))
         if hit is None:
+            torch_threads = torch.get_num_threads()
             hit = ctranslate2.Translator(
-                str(path), device="cpu", inter_threads=threads or torch.get_num_threads(), intra_threads=1
+                str(path), device="cpu", inter_threads=threads or torch_threads, intra_threads=1
             )
+            torch.set_num_threads(torch_threads)  # the translator set OpenMP's count to 1 for the whole process
             _TRANSLATORS[str(path)] = hit
         return hit
 

@@ -49,3 +49,16 @@ def test_the_setting_reads_auto_or_a_count_from_file_or_environment(tmp_path, mo
     monkeypatch.setenv("LABELLOOP_THREADS", "0")
     with pytest.raises(ConfigError, match="threads"):
         load_settings(data_dir=str(tmp_path))
+
+
+def test_ct2_generation_runs_one_worker_per_thread_and_leaves_torchs_count_alone(starter_model, tmp_path):
+    """The translator's workers are single-threaded (loop/runtime.py); creating it set OpenMP's count to 1
+    for the whole process, which made the learner's training in the same process single-threaded."""
+    code = ("from loop import threads; threads.configure(2); import torch; from loop import learner, runtime;"
+            " before = torch.get_num_threads();"
+            f" out = learner.generate({str(starter_model)!r}, ['you idiot', 'hello there, friend'],"
+            f" runtime='ct2', cache_dir={str(tmp_path)!r});"
+            " t = next(iter(runtime._TRANSLATORS.values()));"
+            " print(before, torch.get_num_threads(), t.num_translators, len(out))")
+    before, after, workers, outputs = _fresh(code).split()
+    assert before == after == workers and outputs == "2"
