@@ -560,6 +560,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="A learner outside the loop, fine-tuned once on each run's acquired pairs and tested the same"
                    " way (does the data help another model?): width:W builds it as --starter does at width W, or"
                    " give a seq2seq checkpoint directory.")
+@click.option("--group-test", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Texts with a real group column (no reference needed, e.g. data/toxigen/demonstrations.tsv):"
+                   " every final learner is also scored on them, failing where the judge finds its output"
+                   " offensive, and the report tests the spread of failures across those groups.")
+@click.option("--group-test-group-col", default="group", show_default=True, help="The --group-test group column.")
+@click.option("--group-test-where", default=None, metavar="COL=VALUE",
+              help="Only the --group-test rows whose COL is VALUE (e.g. stance=hate).")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(STRATEGIES),
               help="Strategies to compare (repeatable; default all four).")

@@ -230,6 +230,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
     lines += _tests(result, last)
     lines += _k_sweep(result, last)
     lines += _second(result)
+    lines += _group_test(result)
     lines += ["Against the starter (round 0, before any selection), after the last round (descriptive: whether"
               " every seed ends on one side of the starter's value; not a test):", ""]
     for key, label, higher in CURVES:
@@ -369,6 +370,50 @@ def _second(result: dict) -> list[str]:
                   "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
                   "|---|---|---|---|---|---|---|"]
         lines += [_test_row(c, c["against"], seeds) for c in comparisons]
+    return [*lines, ""]
+
+
+def _group_test(result: dict) -> list[str]:
+    """The --group-test texts (real groups, no reference): failure and offensive shares, the error-ratio
+    variance across those groups less its noise floor, and the paired tests of stratified against the rest."""
+    gt = result.get("group_test")
+    if not gt:
+        return []
+    values = gt["values"]
+    strategies = sorted((s for s in values if s != "starter"), key=lambda s: (s != "stratified", s))
+    groups = ", ".join(f"{g} {int(v['n'])}" for g, v in sorted(gt["groups"].items()))
+    where = f" (rows with {gt['where']})" if gt.get("where") else ""
+    lines = ["## Quality across real groups (--group-test)", "",
+             f"`{gt['file']}`{where}: {gt['texts']} texts, none in the pool, each with its target group: {groups}."
+             f" The judge flags {gt['input_offensive_share']:.1%} of the inputs. Every run's last learner rewrites"
+             " them; an output fails when the judge finds it offensive or it is degenerate (there is no"
+             " reference). mean ± std [min, max] over seeds; shares in %, variances x 1000.", "",
+             "| metric | starter | " + " | ".join(strategies) + " |", "|" + "---|" * (len(strategies) + 2)]
+    rows = [("failure_rate", "failure rate", False), ("offensive_share", "share judged offensive", False),
+            ("error_ratio_variance", "error-ratio variance across groups", False),
+            ("variance_floor", "its noise floor (equal groups)", False)]
+    start = values["starter"][0]
+    for key, label, higher in rows:
+        scale = 1000 if "variance" in key else 100
+        cells = []
+        for s in strategies:
+            v = _spread([x[key] for x in values[s]])
+            cells.append(f"{v['mean'] * scale:.2f} ± {v['std'] * scale:.2f} [{v['min'] * scale:.2f},"
+                         f" {v['max'] * scale:.2f}]")
+        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * scale:.2f} | " + " | ".join(cells) + " |")
+    tests = gt.get("tests") or {}
+    comparisons = tests.get("comparisons") or []
+    if comparisons:
+        seeds = tests["method"]["seeds"]
+        lines += ["", "Paired tests as above (Holm over these tests alone):", "",
+                  "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [_test_row(c, c["against"], seeds) for c in comparisons]
+    excess = tests.get("excess_variance") or {}
+    if excess:
+        lines += ["", "Error-ratio variance across these groups less its noise floor (x 1000, 95% interval): "
+                  + "; ".join(f"{s} {v['value'] * 1000:+.2f} [{v['low'] * 1000:+.2f}, {v['high'] * 1000:+.2f}]"
+                              for s, v in excess.items()) + "."]
     return [*lines, ""]
 
 

@@ -64,6 +64,11 @@ class SimConfig:
     # a learner outside the loop, trained once on each run's acquired pairs (the paper's claim that the data helps
     # other models): a checkpoint directory, or "width:W", a starter built as --starter says at another width
     second_learner: str | None = None
+    # texts with a real group column (no reference needed) every final learner is also scored on: the spread
+    # of failures (judged offensive, or degenerate) across groups that are not the clusters being sampled
+    group_test: str | None = None
+    group_test_group_col: str = "group"
+    group_test_where: str | None = None  # "COL=VALUE": only the rows whose COL is VALUE (e.g. stance=hate)
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # >= 5: see loop/stats.py
     rounds: int = 5
@@ -149,6 +154,10 @@ class SimConfig:
             raise SimulateError(f"--judge {self.judge!r}: use {' or '.join(JUDGES)}, or the path of a probe file")
         if self.judge == "probe":
             self.judge_data = str(_bundled(self.judge_data, "--judge-data"))
+        if self.group_test is not None and not Path(self.group_test).is_file():
+            raise SimulateError(f"--group-test {self.group_test}: file not found")
+        if self.group_test_where is not None and "=" not in self.group_test_where:
+            raise SimulateError(f"--group-test-where {self.group_test_where!r}: use COL=VALUE (e.g. stance=hate)")
         if self.test_data is not None and not Path(self.test_data).is_file():
             raise SimulateError(f"--test-data {self.test_data}: file not found")
 
@@ -194,6 +203,29 @@ def _usable(cfg: SimConfig, path: str) -> tuple[list[dict], list[int]]:
             raise SimulateError(f"{path}:{missing[0]}: column {cfg.group_col!r} is empty "
                                 f"({len(missing)} rows lack a group)")
     return [r for r in rows if r["reference"] is not None], [r["line"] for r in rows if r["reference"] is None]
+
+
+def load_group_test(cfg: SimConfig, pool: list[dict]) -> list[dict]:
+    """The --group-test rows: a text and a real group each (no reference), only those matching
+    --group-test-where, none whose text is in the pool (the learner may have trained on it)."""
+    where_col, _, where_value = (cfg.group_test_where or "").partition("=")
+    try:  # the filter column is read as the reference column: the reader checks it exists
+        rows, _ = parse_pool(cfg.group_test, text_col=cfg.text_col, reference_col=where_col or None,
+                             group_col=cfg.group_test_group_col)
+    except IngestError as exc:
+        raise SimulateError(f"--group-test: {exc}") from None
+    missing = [r["line"] for r in rows if r["subgroup"] is None]
+    if missing:
+        raise SimulateError(f"{cfg.group_test}:{missing[0]}: column {cfg.group_test_group_col!r} is empty"
+                            f" ({len(missing)} rows lack a group; --group-test-group-col)")
+    if where_col:
+        rows = [r for r in rows if r["reference"] == where_value]
+    taken = {r["norm"] for r in pool}
+    rows = [r for r in rows if r["norm"] not in taken]
+    if not rows:
+        raise SimulateError(f"--group-test {cfg.group_test}: no row left"
+                            + (f" with {cfg.group_test_where}" if where_col else "") + " outside the pool")
+    return rows
 
 
 def _width_of(spec: str) -> int | None:
@@ -431,6 +463,10 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         baselines = {"copy_input": evaluate(list(test_text)),
                      "constant": {**evaluate([constant] * len(test_text)), "text": constant}}
         timings["starter_s"] = time.perf_counter() - t
+        group_test = (GroupTest(cfg, load_group_test(cfg, pool), gen, seen, judge) if cfg.group_test is not None
+                      else None)
+        if group_test is not None:
+            group_test.score("starter", None, cfg.learner)
         records: list[dict] = []
         final_items: dict[str, list[dict]] = {}  # strategy -> per-item values of each seed's last round
         acquired: dict[tuple[str, int], list[int]] = {}  # (strategy, seed) -> pool rows accepted over its rounds
@@ -442,10 +478,12 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                 for strategy in cfg.strategies:
                     records.append({"strategy": strategy, "seed": seed, "round": 0, "labeled": 0, "selected": 0,
                                     "accepted": 0, **starter_metrics})
-                    rows, acquired[strategy, seed] = _one_run(cfg, strategy, seed, rejected, pool_in, pool_ref,
-                                                              pool_cluster, starter_pool, test_in, gen, evaluate,
-                                                              r_score, Path(tmp) / f"{strategy}-{seed}", bar)
+                    rows, acquired[strategy, seed], final = _one_run(
+                        cfg, strategy, seed, rejected, pool_in, pool_ref, pool_cluster, starter_pool, test_in, gen,
+                        evaluate, r_score, Path(tmp) / f"{strategy}-{seed}", bar)
                     records.extend(rows)
+                    if group_test is not None:
+                        group_test.score(strategy, seed, final)
                     final_items.setdefault(strategy, []).append(last_items[0])
                     if seed == cfg.seeds[0]:  # the examples show the first seed's last round
                         for i, ex in enumerate(examples):
@@ -458,6 +496,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
                 return last_items[0]
 
             sweep = _k_sweep(cfg, vectors[: len(pool)], final_items, test_group, not reply, stratified_at)
+        group_result = group_test.result() if group_test is not None else None
         second = None
         if cfg.second_learner is not None:
             t = time.perf_counter()
@@ -482,6 +521,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         "tests": decide(final_items, test_group, ranked_by_chrf=not reply),
         "k_sweep": sweep,
         "second_learner": second,
+        "group_test": group_result,
         "training": (f"each round fine-tunes {START[cfg.regime]} on all accepted pairs so far ({cfg.optimizer}, lr"
                      f" {cfg.lr:g}, warm-up {cfg.warmup:g} then linear decay, weight decay {cfg.weight_decay:g}"
                      " except norms and biases)"),
@@ -576,6 +616,42 @@ def _k_sweep(cfg: SimConfig, pool_vectors: np.ndarray, final_items: dict[str, li
             "metrics": {name: label for name, _, label, _ in stats.COMPARED}}
 
 
+class GroupTest:
+    """Scores learners on the --group-test texts, whose groups are real (not the clusters being sampled):
+    an output fails when the judge finds it offensive or it is degenerate (there is no reference). Keeps
+    each (strategy, seed)'s per-item values for the paired tests and its per-group failure rates."""
+
+    def __init__(self, cfg: SimConfig, rows: list[dict], gen: Callable, seen: Callable, judge: Callable) -> None:
+        self.cfg, self.gen, self.judge = cfg, gen, judge
+        self.texts = [r["text"] for r in rows]
+        self.inputs = [seen(t) for t in self.texts]
+        self.groups = [r["subgroups"] for r in rows]
+        self.items: dict[str, list[dict]] = {}
+        self.values: dict[str, list[dict]] = {}
+
+    def score(self, strategy: str, seed: int | None, model: str) -> dict:
+        """Generate with `model`, judge, and keep the per-item values under `strategy`."""
+        outputs = self.gen(model, self.inputs)
+        offensive = [bool(j >= self.cfg.judge_threshold) for j in self.judge(outputs)]
+        loops = metrics.degenerate(outputs)
+        failed = [o or d for o, d in zip(offensive, loops, strict=True)]
+        rates = metrics.group_rates(failed, self.groups)
+        value = {"seed": seed, "failure_rate": float(np.mean(failed)), "offensive_share": float(np.mean(offensive)),
+                 "degenerate_share": float(np.mean(loops)), "error_ratio_variance": metrics.error_ratio_variance(rates),
+                 "variance_floor": metrics.variance_floor(rates), "groups": rates}
+        self.values.setdefault(strategy, []).append(value)
+        self.items.setdefault(strategy, []).append({"failed": failed, "offensive": offensive, "degenerate": loops})
+        return value
+
+    def result(self) -> dict:
+        """What the report needs: the file, its groups, every strategy's values and the paired tests."""
+        strategies = {s: v for s, v in self.items.items() if s != "starter"}
+        return {"file": self.cfg.group_test, "where": self.cfg.group_test_where, "texts": len(self.texts),
+                "groups": metrics.group_rates([False] * len(self.groups), self.groups),
+                "input_offensive_share": metrics.offensive_share(self.judge(self.texts), self.cfg.judge_threshold),
+                "values": self.values, "tests": decide(strategies, self.groups, ranked_by_chrf=False)}
+
+
 def _second_learner(cfg: SimConfig, pool: list[dict], test: list[dict], acquired: dict[tuple[str, int], list[int]],
                     pool_in: list[str], pool_ref: list[str], test_in: list[str], gen: Callable, evaluate: Callable,
                     last_items: list[dict], tmp: Path, groups: list[object], ranked_by_chrf: bool) -> dict:
@@ -622,9 +698,10 @@ def _constant_reply(references: list[str]) -> str:
 
 def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, pool_text: list[str],
              pool_ref: list[str], pool_cluster: np.ndarray, starter_pool: list[str], test_text: list[str],
-             gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path, bar) -> tuple[list[dict], list[int]]:
+             gen: Callable, evaluate: Callable, r_score: Callable, ckpt: Path,
+             bar) -> tuple[list[dict], list[int], str]:
     """One strategy with one seed: `rounds` rounds of score, select, verify, retrain, evaluate; (one row per
-    round, the pool rows accepted over all rounds).
+    round, the pool rows accepted over all rounds, the last learner).
 
     With `lookahead` L a round is scored by the learner trained L rounds before the newest, as the live
     loop selects a look-ahead batch while the round before it is still verified (and not yet trained on)."""
@@ -676,4 +753,4 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
         bar.set_postfix(strategy=strategy, seed=seed, chrf=f"{row['chrf']:.1f}")
     if model != cfg.learner:
         learner.clear_cache()  # this run's checkpoints are done with; free their memory
-    return rows, accepted
+    return rows, accepted, model

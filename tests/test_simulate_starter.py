@@ -161,3 +161,50 @@ def test_a_second_learner_is_trained_on_each_runs_acquired_pairs_and_tested_like
 def test_bad_second_learner_and_width_settings_are_clear_errors(marked: dict, kw: dict, message: str):
     with pytest.raises(SimulateError, match=message):
         _cfg(marked, "bad", **kw).check()
+
+
+# --- real groups that are not the clusters: --group-test (text + group, no reference)
+def _group_file(marked: dict) -> Path:
+    rows = [{"text": f"those {g} people are all idiots number {i}", "group": g, "stance": "hate"}
+            for i in range(6) for g in ("women", "migrants", "jews")]
+    rows += [{"text": f"{g} people are my neighbours {i}", "group": g, "stance": "neutral"}
+             for i in range(3) for g in ("women", "migrants")]
+    return _write_tsv(marked["dir"] / "groups.tsv", rows)
+
+
+def test_every_final_learner_is_scored_on_texts_with_real_groups_and_tested_across_them(marked: dict,
+                                                                                        starter_model: Path):
+    cfg = _cfg(marked, "grouptest", starter=None, learner=str(starter_model), group_test=str(_group_file(marked)),
+               group_test_where="stance=hate")
+    res = run(cfg)
+    gt = res["group_test"]
+    assert gt["texts"] == 18 and set(gt["groups"]) == {"women", "migrants", "jews"}  # the neutral rows left out
+    assert {g: v["n"] for g, v in gt["groups"].items()} == {"women": 6, "migrants": 6, "jews": 6}
+    assert [v["seed"] for v in gt["values"]["stratified"]] == [0, 1] and gt["values"]["starter"][0]["seed"] is None
+    one = gt["values"]["random"][0]
+    assert 0 <= one["failure_rate"] <= 1 and set(one["groups"]) == {"women", "migrants", "jews"}
+    assert {c["against"] for c in gt["tests"]["comparisons"]} == {"random"}
+    assert not {c["metric"] for c in gt["tests"]["comparisons"]} & {"chrf"}  # no reference: no chrF
+    report = (marked["dir"] / "grouptest" / "report.md").read_text()
+    assert "## Quality across real groups (--group-test)" in report and "(rows with stance=hate): 18 texts" in report
+    assert "jews 6, migrants 6, women 6" in report
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"group_test": "/nowhere.tsv"}, "--group-test /nowhere.tsv: file not found"),
+    ({"group_test_where": "stance"}, "--group-test-where 'stance': use COL=VALUE"),
+])
+def test_bad_group_test_settings_are_clear_errors(marked: dict, kw: dict, message: str):
+    with pytest.raises(SimulateError, match=message):
+        _cfg(marked, "bad", **{"group_test": str(_group_file(marked)), **kw}).check()
+
+
+def test_a_group_test_without_its_group_column_or_rows_names_the_problem(marked: dict):
+    from loop.simulate import load_group_test
+
+    cfg = _cfg(marked, "bad", group_test=str(_group_file(marked)), group_test_group_col="target")
+    with pytest.raises(SimulateError, match="--group-test: .*target"):
+        load_group_test(cfg, [])
+    cfg = _cfg(marked, "bad", group_test=str(_group_file(marked)), group_test_where="stance=none")
+    with pytest.raises(SimulateError, match="no row left with stance=none outside the pool"):
+        load_group_test(cfg, [])
