@@ -362,15 +362,18 @@ def _second(result: dict) -> list[str]:
         summ = {s: _spread([v[key] for v in values[s]]) for s in strategies}
         lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * _scale(key):.2f} | "
                      + " | ".join(_fmt(summ[s], key) for s in strategies) + " |")
-    tests = second.get("tests") or {}
+    return [*lines, *_test_table(second.get("tests") or {}), ""]
+
+
+def _test_table(tests: dict) -> list[str]:
+    """The paired tests of a side experiment (second learner, group test) as a table, if any were made."""
     comparisons = tests.get("comparisons") or []
-    if comparisons:
-        seeds = tests["method"]["seeds"]
-        lines += ["", "Paired tests as above (Holm over these tests alone):", "",
-                  "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [_test_row(c, c["against"], seeds) for c in comparisons]
-    return [*lines, ""]
+    if not comparisons:
+        return []
+    return ["", "Paired tests as above (Holm over these tests alone):", "",
+            "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
+            "|---|---|---|---|---|---|---|",
+            *[_test_row(c, c["against"], tests["method"]["seeds"]) for c in comparisons]]
 
 
 def _group_test(result: dict) -> list[str]:
@@ -394,21 +397,10 @@ def _group_test(result: dict) -> list[str]:
             ("variance_floor", "its noise floor (equal groups)", False)]
     start = values["starter"][0]
     for key, label, higher in rows:
-        scale = 1000 if "variance" in key else 100
-        cells = []
-        for s in strategies:
-            v = _spread([x[key] for x in values[s]])
-            cells.append(f"{v['mean'] * scale:.2f} ± {v['std'] * scale:.2f} [{v['min'] * scale:.2f},"
-                         f" {v['max'] * scale:.2f}]")
-        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * scale:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * _scale(key):.2f} | "
+                     + " | ".join(_fmt(_spread([x[key] for x in values[s]]), key) for s in strategies) + " |")
     tests = gt.get("tests") or {}
-    comparisons = tests.get("comparisons") or []
-    if comparisons:
-        seeds = tests["method"]["seeds"]
-        lines += ["", "Paired tests as above (Holm over these tests alone):", "",
-                  "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [_test_row(c, c["against"], seeds) for c in comparisons]
+    lines += _test_table(tests)
     excess = tests.get("excess_variance") or {}
     if excess:
         lines += ["", "Error-ratio variance across these groups less its noise floor (x 1000, 95% interval): "
