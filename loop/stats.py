@@ -85,8 +85,18 @@ def bootstrap(values: np.ndarray, statistic: Statistic = mean_statistic, *, n_bo
     values = np.atleast_2d(np.asarray(values, dtype=float))
     observed = float(statistic(values, np.ones((1, values.shape[1])))[0])
     boot = statistic(values, _weights(values.shape[1], n_boot, seed))
-    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    boot = boot[np.isfinite(boot)] - _bias(boot, observed)
+    low, high = np.percentile(boot, [2.5, 97.5])
     return {"value": observed, "low": float(low), "high": float(high)}
+
+
+def _bias(boot: np.ndarray, observed: float) -> float:
+    """How far the bootstrap distribution sits from the observed value (mean minus observed). About 0 for a
+    mean; for a variance across groups, resampling adds each group's sampling noise, so the distribution
+    sits above the observed value by about the noise floor, and an uncorrected percentile interval can
+    miss the observed value altogether. Subtracting it centres the interval on what was observed."""
+    finite = boot[np.isfinite(boot)]
+    return float(finite.mean() - observed) if len(finite) else 0.0
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Statistic = mean_statistic, *, n_boot: int = N_BOOT,
@@ -103,7 +113,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Statistic = mean_s
     observed = float(statistic(a, ones)[0] - statistic(b, ones)[0])
     w = _weights(a.shape[1], n_boot, seed)
     diff = statistic(a, w) - statistic(b, w)
-    diff = diff[np.isfinite(diff)]
+    diff = diff[np.isfinite(diff)] - _bias(diff, observed)  # centred on the observed difference
     low, high = np.percentile(diff, [2.5, 97.5])
     extreme = np.sum(np.abs(diff - observed) >= abs(observed) - 1e-12)
     return {"diff": observed, "low": float(low), "high": float(high), "p": float((1 + extreme) / (1 + len(diff)))}
