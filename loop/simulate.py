@@ -134,7 +134,7 @@ class SimConfig:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.second_learner is not None:
             self.second_width()  # raises on a malformed spec
-        if self.starter_width < 64 or self.starter_width % 32:
+        if _bad_width(self.starter_width):
             raise SimulateError(f"--starter-width must be a multiple of 32, at least 64 (two attention heads; got"
                                 f" {self.starter_width})")
         if self.k_sweep and not {"stratified", "random"} <= set(self.strategies):
@@ -228,12 +228,17 @@ def load_group_test(cfg: SimConfig, pool: list[dict]) -> list[dict]:
     return rows
 
 
+def _bad_width(width: int) -> bool:
+    """A built starter's width must be a multiple of 32 (d_kv) with at least two heads (its copy circuit)."""
+    return width < 64 or width % 32 != 0
+
+
 def _width_of(spec: str) -> int | None:
     """W of a `width:W` spec, else None; raises SimulateError on a malformed W."""
     kind, _, w = spec.partition(":")
     if kind != "width":
         return None
-    if not w.isdigit() or int(w) < 64 or int(w) % 32:
+    if not w.isdigit() or _bad_width(int(w)):
         raise SimulateError(f"--second-learner {spec!r}: width:W needs W a multiple of 32, at least 64 (two"
                             " attention heads; e.g. width:256)")
     return int(w)
@@ -279,8 +284,11 @@ def seed_pairs(cfg: SimConfig) -> int:
 
 def seed_split(cfg: SimConfig, pool: list[dict], test: list[dict]) -> list[dict]:
     """The rows a built starter learns from: usable rows of `data` whose text is in neither the pool nor
-    the test split, drawn from `split_seed` (pool and test are the same with or without a built starter)."""
+    the test split, drawn from `split_seed` (pool and test are the same with or without a built starter);
+    none for the pool starter, which learns from no labelled pair."""
     n = seed_pairs(cfg)
+    if n == 0:
+        return []
     usable, _ = _usable(cfg, cfg.data)
     taken = {r["norm"] for r in pool + test}
     rest = [r for r in usable if r["norm"] not in taken]
@@ -394,10 +402,11 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pool, test, skipped = load_split(cfg)
+    group_rows = load_group_test(cfg, pool) if cfg.group_test is not None else None  # bad input fails here, early
     built = None
     if cfg.starter is not None:  # from here on the learner is the starter built for this data
         t = time.perf_counter()
-        path, built = build_starter(cfg, seed_split(cfg, pool, test) if seed_pairs(cfg) else [], pool)
+        path, built = build_starter(cfg, seed_split(cfg, pool, test), pool)
         cfg = replace(cfg, learner=str(path))
         built["wall_s"] = round(time.perf_counter() - t, 1)
     judge_fn, judge_info = build_judge(cfg)
@@ -463,8 +472,7 @@ def run(cfg: SimConfig, *, command: str | None = None) -> dict:
         baselines = {"copy_input": evaluate(list(test_text)),
                      "constant": {**evaluate([constant] * len(test_text)), "text": constant}}
         timings["starter_s"] = time.perf_counter() - t
-        group_test = (GroupTest(cfg, load_group_test(cfg, pool), gen, seen, judge) if cfg.group_test is not None
-                      else None)
+        group_test = GroupTest(cfg, group_rows, gen, seen, judge) if group_rows is not None else None
         if group_test is not None:
             group_test.score("starter", None, cfg.learner)
         records: list[dict] = []
@@ -666,8 +674,7 @@ def _second_learner(cfg: SimConfig, pool: list[dict], test: list[dict], acquired
     if width is None:
         start, info = cfg.second_learner, {"path": cfg.second_learner, "built": False}
     else:
-        seed_rows = seed_split(cfg, pool, test) if seed_pairs(cfg) else []
-        path, info = build_starter(replace(cfg, starter_width=width), seed_rows, pool)
+        path, info = build_starter(replace(cfg, starter_width=width), seed_split(cfg, pool, test), pool)
         start = str(path)
     start_metrics = evaluate(gen(start, test_in))
     values: dict[str, list[dict]] = {}
@@ -676,16 +683,22 @@ def _second_learner(cfg: SimConfig, pool: list[dict], test: list[dict], acquired
         model = start  # a run that accepted nothing leaves the second learner as it started
         if rows:
             model = str(tmp / f"second-{strategy}-{seed}")
-            learner.fine_tune(start, [(pool_in[i], pool_ref[i]) for i in rows], model, epochs=cfg.epochs, lr=cfg.lr,
-                              batch_size=cfg.batch_size, seed=seed * 1000 + cfg.rounds,
-                              max_target_tokens=cfg.max_new_tokens, optimizer=cfg.optimizer, warmup=cfg.warmup,
-                              weight_decay=cfg.weight_decay)
+            _fine_tune(cfg, start, [(pool_in[i], pool_ref[i]) for i in rows], model, seed=seed * 1000 + cfg.rounds)
         got = evaluate(gen(model, test_in))
         learner.clear_cache()
         values.setdefault(strategy, []).append({"seed": seed, "pairs": len(rows), **got})
         items.setdefault(strategy, []).append(last_items[0])
     return {"learner": info, "start": start_metrics, "values": values,
             "tests": decide(items, groups, ranked_by_chrf=ranked_by_chrf)}
+
+
+def _fine_tune(cfg: SimConfig, start: str, pairs: list[tuple[str, str]], out: str | Path, *, seed: int) -> dict:
+    """learner.fine_tune with the simulation's schedule (epochs, lr, batch, optimizer, warm-up, decay)."""
+    from loop import learner
+
+    return learner.fine_tune(start, pairs, out, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
+                             max_target_tokens=cfg.max_new_tokens, optimizer=cfg.optimizer, warmup=cfg.warmup,
+                             weight_decay=cfg.weight_decay)
 
 
 def _constant_reply(references: list[str]) -> str:
@@ -735,10 +748,7 @@ def _one_run(cfg: SimConfig, strategy: str, seed: int, rejected: np.ndarray, poo
             start = cfg.learner if cfg.regime == "retrain" else model
             # with a look-ahead the learners it still selects with stay on disk: L + 1 directories in turn
             out = ckpt if cfg.lookahead == 0 else ckpt.with_name(f"{ckpt.name}-{rnd % (cfg.lookahead + 1)}")
-            fit = learner.fine_tune(start, [(pool_text[i], pool_ref[i]) for i in accepted], out,
-                                    epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                    seed=seed * 1000 + rnd, max_target_tokens=cfg.max_new_tokens,
-                                    optimizer=cfg.optimizer, warmup=cfg.warmup, weight_decay=cfg.weight_decay)
+            fit = _fine_tune(cfg, start, [(pool_text[i], pool_ref[i]) for i in accepted], out, seed=seed * 1000 + rnd)
             model = str(out)
         learners.append(model)
         row = {"strategy": strategy, "seed": seed, "round": rnd, "labeled": len(accepted), "selected": len(picked),
