@@ -357,12 +357,18 @@ def _second(result: dict) -> list[str]:
     lines = ["## Does the acquired data help a model outside the loop?", "",
              f"A second learner, {what}, fine-tuned once from its start on each run's accepted pairs (as many as"
              " the run acquired, same schedule), then scored on the test split. mean ± std [min, max] over seeds.",
-             "", "| metric | its start | " + " | ".join(strategies) + " |", "|" + "---|" * (len(strategies) + 2)]
-    for key, label, higher in CURVES:
-        summ = {s: _spread([v[key] for v in values[s]]) for s in strategies}
-        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * _scale(key):.2f} | "
-                     + " | ".join(_fmt(summ[s], key) for s in strategies) + " |")
+             "", *_spread_table("its start", start, values, strategies, CURVES)]
     return [*lines, *_test_table(second.get("tests") or {}), ""]
+
+
+def _spread_table(first: str, start: dict, values: dict[str, list[dict]], strategies: list[str],
+                  rows: list[tuple[str, str, bool]]) -> list[str]:
+    """A side experiment's table: one row per metric, `start`'s value, then each strategy's spread over seeds."""
+    lines = [f"| metric | {first} | " + " | ".join(strategies) + " |", "|" + "---|" * (len(strategies) + 2)]
+    for key, label, higher in rows:
+        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * _scale(key):.2f} | "
+                     + " | ".join(_fmt(_spread([v[key] for v in values[s]]), key) for s in strategies) + " |")
+    return lines
 
 
 def _test_table(tests: dict) -> list[str]:
@@ -374,6 +380,11 @@ def _test_table(tests: dict) -> list[str]:
             "| metric | stratified vs | difference [95% CI] | p | p (Holm) | seeds stratified ahead | verdict |",
             "|---|---|---|---|---|---|---|",
             *[_test_row(c, c["against"], tests["method"]["seeds"]) for c in comparisons]]
+
+
+GROUP_TEST_ROWS = [("failure_rate", "failure rate", False), ("offensive_share", "share judged offensive", False),
+                   ("error_ratio_variance", "error-ratio variance across groups", False),
+                   ("variance_floor", "its noise floor (equal groups)", False)]
 
 
 def _group_test(result: dict) -> list[str]:
@@ -391,14 +402,7 @@ def _group_test(result: dict) -> list[str]:
              f" The judge flags {gt['input_offensive_share']:.1%} of the inputs. Every run's last learner rewrites"
              " them; an output fails when the judge finds it offensive or it is degenerate (there is no"
              " reference). mean ± std [min, max] over seeds; shares in %, variances x 1000.", "",
-             "| metric | starter | " + " | ".join(strategies) + " |", "|" + "---|" * (len(strategies) + 2)]
-    rows = [("failure_rate", "failure rate", False), ("offensive_share", "share judged offensive", False),
-            ("error_ratio_variance", "error-ratio variance across groups", False),
-            ("variance_floor", "its noise floor (equal groups)", False)]
-    start = values["starter"][0]
-    for key, label, higher in rows:
-        lines.append(f"| {label} ({'↑' if higher else '↓'}) | {start[key] * _scale(key):.2f} | "
-                     + " | ".join(_fmt(_spread([x[key] for x in values[s]]), key) for s in strategies) + " |")
+             *_spread_table("starter", values["starter"][0], values, strategies, GROUP_TEST_ROWS)]
     tests = gt.get("tests") or {}
     lines += _test_table(tests)
     excess = tests.get("excess_variance") or {}

@@ -84,19 +84,18 @@ def bootstrap(values: np.ndarray, statistic: Statistic = mean_statistic, *, n_bo
     """One strategy's statistic with its 95% bootstrap interval over items: {value, low, high}."""
     values = np.atleast_2d(np.asarray(values, dtype=float))
     observed = float(statistic(values, np.ones((1, values.shape[1])))[0])
-    boot = statistic(values, _weights(values.shape[1], n_boot, seed))
-    boot = boot[np.isfinite(boot)] - _bias(boot, observed)
-    low, high = np.percentile(boot, [2.5, 97.5])
+    boot = _centred(statistic(values, _weights(values.shape[1], n_boot, seed)), observed)
+    low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (np.nan, np.nan)
     return {"value": observed, "low": float(low), "high": float(high)}
 
 
-def _bias(boot: np.ndarray, observed: float) -> float:
-    """How far the bootstrap distribution sits from the observed value (mean minus observed). About 0 for a
-    mean; for a variance across groups, resampling adds each group's sampling noise, so the distribution
+def _centred(boot: np.ndarray, observed: float) -> np.ndarray:
+    """The finite bootstrap values moved so that their mean is the observed value. The shift is about 0 for
+    a mean; for a variance across groups, resampling adds each group's sampling noise, so the distribution
     sits above the observed value by about the noise floor, and an uncorrected percentile interval can
-    miss the observed value altogether. Subtracting it centres the interval on what was observed."""
+    miss the observed value altogether."""
     finite = boot[np.isfinite(boot)]
-    return float(finite.mean() - observed) if len(finite) else 0.0
+    return finite - (finite.mean() - observed) if len(finite) else finite
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Statistic = mean_statistic, *, n_boot: int = N_BOOT,
@@ -113,7 +112,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, statistic: Statistic = mean_s
     observed = float(statistic(a, ones)[0] - statistic(b, ones)[0])
     w = _weights(a.shape[1], n_boot, seed)
     diff = statistic(a, w) - statistic(b, w)
-    diff = diff[np.isfinite(diff)] - _bias(diff, observed)  # centred on the observed difference
+    diff = _centred(diff, observed)
     low, high = np.percentile(diff, [2.5, 97.5])
     extreme = np.sum(np.abs(diff - observed) >= abs(observed) - 1e-12)
     return {"diff": observed, "low": float(low), "high": float(high), "p": float((1 + extreme) / (1 + len(diff)))}
