@@ -225,12 +225,12 @@ class EngineSettings(_Section):
     """Where pool compute runs (embedding, the learner's interim outputs, R's scores): see loop/engine.py."""
 
     kind: Literal[ENGINES] = Field(
-        "local", description="local: in this process; ray: a Ray Data pipeline over an actor pool (pip install"
-        " 'labelloop[ray]'), the same outputs")
+        "local", description="local: in this process; ray: a warm pool of Ray actors that load the models once"
+        " (pip install 'labelloop[ray]'), the same outputs")
     ray_address: str | None = Field(
         None, description="the Ray cluster to join: 'auto' (one started on this machine with `ray start --head`),"
         " 'HOST:6379' or 'ray://HOST:10001'; None starts a private Ray on this machine (127.0.0.1 only)")
-    actors: int = Field(2, ge=1, description="actor pool size: processes that each load the models once")
+    actors: int = Field(2, ge=1, description="actor pool size: processes that each load the models once and keep them")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor (torch uses as many threads)")
     num_gpus: float | None = Field(
         None, ge=0, description="GPUs per actor; None: 1 when the cluster has GPUs, else 0")

@@ -1,17 +1,21 @@
 """Where pool compute runs: embeddings, the learner's interim outputs G(x) and R's scores over many items.
 
 Two engines run the same batches through the same workers: `local` in this process, batch after batch;
-`ray` as a Ray Data pipeline, `map_batches` over an actor pool in which each actor loads its models once
-(and takes `num_gpus` when the cluster has GPUs). The work is cut into batches before it runs, generation
-along the learner's own length-sorted batches (`learner.plan`), so both engines compute every output in
-the same company and store the same strings. Finished batches stream back and are written to the ledger
-as they arrive: a crash or a lost worker loses at most the batches in flight, a batch that raises loses
-only itself (the rest are stored, then `EngineError` says what failed), and a re-run computes only what
-the ledger lacks. The only module that imports ray.
+`ray` on a warm pool of Ray actors, each of which loads a model once and keeps it (and takes `num_gpus`
+when the cluster has GPUs). The pool lives as long as the process: embedding, then scoring, then the next
+round's scoring reuse the same actors, so actor start-up and imports are paid once, not per stage (a Ray
+Data `map_batches` starts a new actor pool for every call: measured 10-15 s a stage, BENCHMARKS.md). The
+work is cut into batches before it runs, generation along the learner's own length-sorted batches
+(`learner.plan`), so both engines compute every output in the same company and store the same strings.
+Finished batches stream back and are written to the ledger as they arrive: a crash or a lost worker loses
+at most the batches in flight, a batch that raises loses only itself (the rest are stored, then
+`EngineError` says what failed), and a re-run computes only what the ledger lacks. The only module that
+imports ray.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -103,8 +107,9 @@ class LocalEngine:
 
 
 class RayEngine:
-    """Runs a worker as a Ray Data `map_batches` over an actor pool; each planned batch is one block, and
-    finished blocks stream back as they complete (in any order: every row carries its pool id)."""
+    """Runs a worker on a warm pool of Ray actors: each planned batch is one task, and finished batches
+    stream back as they complete (in any order: every row carries its pool id). The pool outlives a call:
+    the next stage or round reuses the same processes and any model they already hold."""
 
     name = "ray"
 
@@ -115,23 +120,97 @@ class RayEngine:
         if not batches:
             return
         ray = connect(self.settings)
-        import pyarrow as pa
+        pool = _pool(ray, self.settings)
+        import cloudpickle
 
-        s = self.settings
-        gpus = s.num_gpus if s.num_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
-        blocks = ray.data.from_arrow([pa.table(b) for b in batches])  # one block per planned batch
-        mapped = blocks.map_batches(
-            worker, fn_constructor_kwargs=kwargs, batch_size=None, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(s.actors, len(batches))), num_cpus=s.cpus_per_actor,
-            num_gpus=gpus,
-        )
+        spec = cloudpickle.dumps((worker, kwargs))  # one copy in Ray's object store, whatever the batch count
+        job = (hashlib.sha256(spec).hexdigest(), ray.put(spec))
+        todo, running = list(reversed(batches)), {}
         try:
-            yield from mapped.iter_batches(batch_size=None, batch_format="numpy")
-        except LabelloopError:  # raised by a worker's set-up (a model that cannot load): says what to fix
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-            raise EngineError(f"ray engine: {worker.__name__} stopped: {first}") from exc
+            while todo or running:
+                for actor in pool.idle(running, 2):  # two per actor: the next batch waits in its queue, not here
+                    if todo:
+                        batch = todo.pop()
+                        running[actor.run.remote(job[0], job[1], batch)] = (actor, batch)
+                done, _ = ray.wait(list(running), num_returns=1)
+                actor, batch = running.pop(done[0])
+                yield _collect(ray, pool, actor, batch, done[0], worker)
+        finally:
+            for ref in running:  # an abandoned map (the caller stopped, or an error) leaves nothing queued
+                ray.cancel(ref)
+
+
+def _collect(ray: Any, pool: _Pool, actor: Any, batch: Batch, ref: Any, worker: type) -> Batch:
+    """One finished task's rows; a lost actor (killed, out of memory) loses only its batch and is replaced."""
+    try:
+        return ray.get(ref)
+    except LabelloopError:  # raised by a worker's set-up (a model that cannot load): says what to fix
+        raise
+    except ray.exceptions.RayActorError as exc:
+        pool.replace(actor)
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        log.warning("ray engine: an actor was lost with %d items in flight: %s", len(batch["id"]), why)
+        return {"id": batch["id"], "error": np.full(len(batch["id"]), f"lost ray actor: {why}", dtype=object)}
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+        raise EngineError(f"ray engine: {worker.__name__} stopped: {first}") from exc
+
+
+class _Host:
+    """One warm actor: builds a worker on first use and keeps the newest of each worker class (a new
+    learner version replaces the old one, so memory holds one model per class)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[str, Any]] = {}
+
+    def run(self, key: str, spec: bytes, batch: Batch) -> Batch:
+        import cloudpickle
+
+        worker, kwargs = cloudpickle.loads(spec)
+        name = worker.__qualname__
+        if self.held.get(name, ("",))[0] != key:
+            self.held.pop(name, None)  # free the old model before loading the new one
+            self.held[name] = (key, worker(**kwargs))
+        return self.held[name][1](batch)
+
+
+class _Pool:
+    """The warm actors of one Ray session and engine shape (actors, CPUs and GPUs per actor)."""
+
+    def __init__(self, ray: Any, size: int, cpus: float, gpus: float) -> None:
+        self.make = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(_Host).remote
+        self.actors = [self.make() for _ in range(size)]
+        self.ray = ray
+
+    def idle(self, running: dict, per_actor: int) -> list[Any]:
+        """Actors with fewer than `per_actor` tasks in `running`, the least busy first."""
+        busy = {}
+        for actor, _ in running.values():
+            busy[id(actor)] = busy.get(id(actor), 0) + 1
+        return sorted((a for a in self.actors if busy.get(id(a), 0) < per_actor), key=lambda a: busy.get(id(a), 0))
+
+    def replace(self, actor: Any) -> None:
+        if actor in self.actors:
+            self.actors[self.actors.index(actor)] = self.make()
+            self.ray.kill(actor)
+
+
+_POOLS: dict[tuple, _Pool] = {}
+
+
+def _pool(ray: Any, s: EngineSettings) -> _Pool:
+    """The warm pool for this Ray session and shape, started on first use (a new `ray.init` starts anew)."""
+    gpus = s.num_gpus if s.num_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) else 0.0)
+    context = ray.get_runtime_context()
+    key = (context.gcs_address, context.get_job_id(), s.actors, s.cpus_per_actor, gpus)
+    if key not in _POOLS:
+        for old_key, old in list(_POOLS.items()):  # one pool at a time: another shape's actors hold the CPUs
+            if old_key[:2] == key[:2]:
+                for actor in old.actors:
+                    ray.kill(actor)
+            del _POOLS[old_key]  # (a Ray session that ended took its actors with it)
+        _POOLS[key] = _Pool(ray, s.actors, s.cpus_per_actor, gpus)
+    return _POOLS[key]
 
 
 def connect(settings: EngineSettings) -> Any:
@@ -139,7 +218,6 @@ def connect(settings: EngineSettings) -> Any:
     127.0.0.1 that this process starts once (Ray shuts it down at exit)."""
     try:
         import ray
-        import ray.data
     except ImportError:
         raise ConfigError("engine.kind = 'ray' needs Ray: pip install 'labelloop[ray]'") from None
     if not ray.is_initialized():
@@ -155,10 +233,6 @@ def connect(settings: EngineSettings) -> Any:
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
             raise EngineError(f"engine.ray_address: cannot start or join {where}: {exc}") from None
         log.info("ray engine: %s, resources %s", where, ray.cluster_resources())
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # labelloop draws its own bar from the batches that arrive
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
 
 

@@ -1,7 +1,7 @@
 """The learner G: load, greedily generate with, fine-tune and score a seq2seq (T5-style) model.
 
-Functions take and return plain lists so they can be mapped over batches (e.g. Ray Data
-`map_batches`). A model is loaded once per process per resolved path and reused; `fine_tune` trains a
+Functions take and return plain lists so they can be mapped over batches (e.g. by a Ray
+actor). A model is loaded once per process per resolved path and reused; `fine_tune` trains a
 deep copy, so the cached model of its base is never mutated. Callers pass texts exactly as the model
 should see them: the task's instruction is applied by loop.rounds (`learner_input`), the same way
 for generation, training and dev loss.

@@ -60,7 +60,11 @@ def convert(model: str, runtime: str = "ct2", cache_dir: str | Path | None = Non
     try:
         TransformersConverter(key, load_as_float16=False).convert(str(tmp / "m"), quantization=quant, force=True)
         (tmp / "m" / "labelloop-source.json").write_text(json.dumps({"source": key, "compute_type": quant}))
-        os.replace(tmp / "m", out)
+        try:
+            os.replace(tmp / "m", out)
+        except OSError:  # another process (a second Ray actor) converted the same model first: use that one
+            if not (out / "model.bin").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale(root, key, quant, keep=out)

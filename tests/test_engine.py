@@ -1,5 +1,6 @@
-"""The pool engines: Ray Data and the local path store identical outputs, stream batches into the ledger,
-lose only a failing batch, and a re-run computes only what is missing.
+"""The pool engines: Ray and the local path store identical outputs, stream batches into the ledger, lose
+only a failing batch or a lost actor's batches, and a re-run computes only what is missing; Ray's actors
+stay warm across stages and calls.
 
 One real local Ray for the module (2 CPUs, 127.0.0.1, no dashboard), the real starter learner, the real
 embedding model and R; the counting and failing scorers below wrap the real profanity scorer.
@@ -142,6 +143,65 @@ def test_a_failing_batch_loses_only_itself_and_the_rerun_computes_it(ray_local, 
     rerun = Counting(tmp_path / "rerun.log")
     assert _score(ctx, ids, rerun) == BATCH and rerun.scored() == BATCH
     assert sorted(ctx.ledger.scores(*key)) == ids
+
+
+class Where:
+    """A scorer factory that writes the process id of every scoring call to `log`, and with `die` set, ends
+    its process at the first call of the first actor to score (once: the marker file remembers)."""
+
+    def __init__(self, log: Path, die: Path | None = None) -> None:
+        self.log, self.die = log, die
+
+    def __call__(self):
+        def score(texts: list[str]) -> list[float]:
+            if self.die is not None and not self.die.exists():
+                self.die.write_text("died")
+                os._exit(1)  # a lost worker: killed, out of memory
+            with self.log.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            return profanity(texts)
+
+        return "profanity", score
+
+    def pids(self) -> set[int]:
+        return {int(n) for n in self.log.read_text().split()}
+
+
+def test_the_actors_stay_warm_across_stages_and_calls(ray_local, tmp_path, starter_model):
+    """The embedding, the first scoring and a second scoring run in the same actor processes: start-up and
+    imports are paid once per process, not once per stage (the Ray overhead measured in BENCHMARKS.md)."""
+    ctx = _ctx(tmp_path, starter_model, "ray")
+    ids = [it["id"] for it in ctx.ledger.pool_items()]
+    engine.embed_pool(ctx.settings, ctx.ledger, ids)
+    first, second = Where(tmp_path / "first.log"), Where(tmp_path / "second.log")
+    assert _score(ctx, ids[: ITEMS // 2], first) == ITEMS // 2
+    assert _score(ctx, ids[ITEMS // 2 :], second) == ITEMS - ITEMS // 2
+    assert first.pids() and first.pids() | second.pids() <= {pid for pid in _actor_pids()}
+    assert len(_actor_pids()) == ctx.settings.engine.actors  # no new actors for the second stage or call
+
+
+def _actor_pids() -> set[int]:
+    """The process ids of the engine's live actors."""
+    import ray
+
+    pool = next(iter(engine._POOLS.values()))
+    return set(ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in pool.actors]))
+
+
+def test_a_lost_actor_loses_only_its_batches_and_is_replaced(ray_local, tmp_path, starter_model):
+    ctx = _ctx(tmp_path, starter_model, "ray")
+    ids = [it["id"] for it in ctx.ledger.pool_items()]
+    before = _actor_pids()
+    with pytest.raises(EngineError, match=r"items failed \(lost ray actor: .*\); the other \d+ are stored"):
+        _score(ctx, ids, Where(tmp_path / "dying.log", die=tmp_path / "died"))
+    key = rounds.score_key(ctx.settings, "v0")
+    kept = len(ctx.ledger.scores(*key))
+    assert 0 < kept < ITEMS  # at most the dead actor's batches in flight (two) were lost
+    assert ITEMS - kept <= 2 * BATCH
+    after = _actor_pids()
+    assert len(after) == ctx.settings.engine.actors and after != before  # the dead one was replaced
+    rerun = Where(tmp_path / "rerun.log")
+    assert _score(ctx, ids, rerun) == ITEMS - kept and sorted(ctx.ledger.scores(*key)) == ids
 
 
 def test_engine_settings_default_to_local_and_reject_unknown_kinds():

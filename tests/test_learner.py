@@ -147,6 +147,27 @@ def test_ct2_runtime_matches_hf_greedy_and_follows_retraining(tiny_model, pairs,
     assert len(list(cache.glob("*-float32"))) == 2  # tiny_model's and out_dir's latest
 
 
+def test_two_processes_converting_the_same_model_at_once_both_get_the_finished_conversion(tiny_model, tmp_path,
+                                                                                          monkeypatch):
+    """Two Ray actors start on the same new learner together: the one whose rename comes second finds the
+    other's conversion in place (a non-empty directory) and uses it instead of failing its batch."""
+    from loop import runtime
+
+    cache, real_replace, raced = tmp_path / "ct2", runtime.os.replace, []
+
+    def replace_after_a_rival(src, dst):
+        if not raced:  # the rival finishes its whole conversion between our check and our rename
+            raced.append(True)
+            rival = runtime.convert(str(tiny_model), "ct2", cache)
+            assert (rival / "model.bin").is_file()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(runtime.os, "replace", replace_after_a_rival)
+    out = runtime.convert(str(tiny_model), "ct2", cache)
+    assert raced and (out / "model.bin").is_file()
+    assert [p.name for p in cache.iterdir()] == [out.name]  # the loser's temporary directory is gone
+
+
 def test_unknown_runtime_lists_the_known_ones(tiny_model):
     with pytest.raises(ValueError, match="unknown runtime 'onnx'; known: hf, ct2, ct2-int8"):
         learner.generate(str(tiny_model), ["x"], runtime="onnx")
