@@ -5,6 +5,7 @@ breakdown (train, generate, score, select, distill, import); figures go to BENCH
     .venv/bin/python scripts/bench_turnaround.py --pool 10000 --cap 250             # select.candidates_per_cluster
     .venv/bin/python scripts/bench_turnaround.py --pool 100000 --cap 500 --extrapolate
     .venv/bin/python scripts/bench_turnaround.py --pool 10000 --shape flan-t5-base --cap 25 --extrapolate
+    .venv/bin/python scripts/bench_turnaround.py --pool 10000 --engine ray          # pool compute on Ray
 
 The loop's own steps run on a fresh ledger: `rounds.train_round` (fine-tune on round 1's verified pairs,
 gate, promote, convert for ct2), `select_round` (the new learner generates an interim output for every
@@ -24,6 +25,11 @@ depend on them.
 random weights never emit EOS, so every item decodes the full --max-target-tokens. `--extrapolate`
 with `--cap M` reports, beside the capped P6, the full method's P6 from the per-item generate + score
 time of the sample times the unsent pool: a sample measured, the rest computed, said so in the output.
+
+`--engine ray` runs generation and R on a private local Ray (engine.actors one-CPU actors). As in a running
+scheduler, whose actors stay warm from earlier rounds, the untimed set-up starts them: it scores round 1's
+items with the first learner. Generation and scoring then happen inside the actors, so the breakdown
+reports them together under `select` (generate_s and score_s are null).
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ def main() -> None:
                         help="default: the settings' (128) for the starter, 24 for flan-t5-base")
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="engine.kind")
     parser.add_argument("--teacher-latency", type=float, default=1.0)
     parser.add_argument("--base-dir", default=str(Path(tempfile.gettempdir()) / "labelloop-bench-base"))
     parser.add_argument("--json", help="also write the result here")
@@ -137,7 +144,7 @@ def main() -> None:
             data_dir=str(Path(tmp) / "proj"), pool__path=str(pool), learner__base_model=model,
             learner__instruction=False, teacher__kind="openai", teacher__base_url=server.base_url,
             teacher__model="gpt-4o", select__budget=args.budget, cluster__k=args.k,
-            select__candidates_per_cluster=args.cap, **overrides)
+            select__candidates_per_cluster=args.cap, engine__kind=args.engine, **overrides)
         ledger = Ledger(settings.ledger_path)
         ingest(ledger, pool, text_col="text", reference_col="reference")
         ids = ledger.ids_without_embedding(settings.embed.model)
@@ -161,6 +168,8 @@ def main() -> None:
             {"annotation_id": b["task_id"], "task_id": b["task_id"], "round_id": r1, "pool_id": b["pool_id"],
              "verdict": "accept", "target": b["draft"], "updated_at": "2026-01-01T00:00:00"}
             for b in ledger.batch(r1) if b["task_id"]])
+        if args.engine == "ray":  # a running scheduler's actors are warm: earlier rounds started them
+            rounds.score_candidates(ctx, first, v0)
         setup_s = time.perf_counter() - t_setup
 
         clock = Clock()
@@ -181,11 +190,13 @@ def main() -> None:
     scored = clock.counts.get("score", 0)
     unsent = args.pool - args.budget
     result = {
-        "pool": args.pool, "shape": args.shape, "runtime": settings.learner.runtime, "cap": args.cap,
+        "pool": args.pool, "shape": args.shape, "engine": args.engine, "runtime": settings.learner.runtime,
+        "cap": args.cap,
         "max_target_tokens": settings.learner.max_target_tokens, "threads": threads.count(),
         "learner": version, "scored": scored, "imported": imported, "p6_s": round(p6, 2),
         "train_s": round(parts["train"], 2), "generate_s": round(parts.get("generate", 0.0), 2),
         "score_s": round(parts.get("score", 0.0), 2), "select_s": round(select_only, 2),
+        **({"generate_s": None, "score_s": None} if args.engine == "ray" else {}),
         "distill_s": round(parts["distill"], 2), "import_s": round(parts["import"], 2),
         "setup_s": round(setup_s, 1), "loadavg_before": load0,
         "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
