@@ -224,16 +224,41 @@ def connect(settings: EngineSettings) -> Any:
         where = settings.ray_address or "a private local Ray"
         try:
             if settings.ray_address is None:
-                # Ray runs workers at nice 15; this private Ray does the loop's own work, which must not
-                # starve whenever anything else runs on the machine (the local path runs at nice 0)
-                ray.init(address="local", num_cpus=settings.local_cpus, include_dashboard=False,
-                         _node_ip_address="127.0.0.1", _system_config={"worker_niceness": 0})
+                _start_private(ray, settings.local_cpus)
             else:
                 ray.init(address=settings.ray_address)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
             raise EngineError(f"engine.ray_address: cannot start or join {where}: {exc}") from None
         log.info("ray engine: %s, resources %s", where, ray.cluster_resources())
     return ray
+
+
+def _start_private(ray: Any, cpus: int | None) -> None:
+    """Start the private local Ray from a thread that lives as long as this process. Ray ties its GCS and
+    raylet to the thread that starts them (the parent-death signal): started from a scheduler job's or a
+    request's thread, they died when that thread ended, the process stopped 60 s later, and Ray's agents
+    were left running as orphans."""
+    import threading
+
+    started, failed = threading.Event(), []
+
+    def hold() -> None:
+        try:
+            # Ray runs workers at nice 15; this private Ray does the loop's own work, which must not
+            # starve whenever anything else runs on the machine (the local path runs at nice 0)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     _system_config={"worker_niceness": 0})
+        except Exception as exc:  # handed to the caller, which says what failed
+            failed.append(exc)
+            return
+        finally:
+            started.set()
+        threading.Event().wait()  # hold the thread: Ray's own exit handler stops the node at exit
+
+    threading.Thread(target=hold, name="labelloop-ray", daemon=True).start()
+    started.wait()
+    if failed:
+        raise failed[0]
 
 
 def get(settings: Settings) -> LocalEngine | RayEngine:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +205,49 @@ def test_a_lost_actor_loses_only_its_batches_and_is_replaced(ray_local, tmp_path
     assert len(after) == ctx.settings.engine.actors and after != before  # the dead one was replaced
     rerun = Where(tmp_path / "rerun.log")
     assert _score(ctx, ids, rerun) == ITEMS - kept and sorted(ctx.ledger.scores(*key)) == ids
+
+
+def test_the_private_ray_outlives_the_thread_that_started_it_and_leaves_no_process_behind(tmp_path):
+    """A scheduler job or a web request may be the first to need Ray, on a thread that then ends; Ray ties
+    its processes to the starting thread, so they must not die with it, nor be left running at exit."""
+    pytest.importorskip("ray")
+    code = (
+        "import threading, os, ray\n"
+        "from loop import engine\n"
+        "from loop.config import load_settings\n"
+        "s = load_settings(engine__kind='ray', engine__local_cpus=1)\n"
+        "t = threading.Thread(target=engine.connect, args=(s.engine,)); t.start(); t.join()\n"
+        "print('node', ray._private.worker._global_node.address_info['raylet_socket_name'])\n"
+        "task = ray.remote(lambda: os.getpid())\n"
+        "print('pid', ray.get(task.remote(), timeout=60))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", "TMPDIR": tempfile.mkdtemp(dir="/tmp")}
+    env.pop("RAY_ADDRESS")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pid " in done.stdout  # a task ran after the starting thread had ended
+    socket = done.stdout.split("node ", 1)[1].split()[0]
+    deadline = time.monotonic() + 30
+    while _processes_of(socket) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(socket) == []  # Ray's exit handler stopped the node and its agents
+
+
+def _processes_of(raylet_socket: str) -> list[str]:
+    """Command lines of live processes of the Ray node with this raylet socket: those that name its session
+    directory or hold a file in it open (Ray's agents rename themselves, but keep their logs open)."""
+    session = str(Path(raylet_socket).parent.parent)
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            files = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:  # not a process, or one that ended meanwhile
+            continue
+        if session in cmd or any(f.startswith(session) for f in files):
+            out.append(cmd)
+    return out
 
 
 def test_engine_settings_default_to_local_and_reject_unknown_kinds():
