@@ -123,15 +123,15 @@ class RayEngine:
         pool = _pool(ray, self.settings)
         import cloudpickle
 
-        spec = cloudpickle.dumps((worker, kwargs))  # one copy in Ray's object store, whatever the batch count
-        job = (hashlib.sha256(spec).hexdigest(), ray.put(spec))
+        spec = cloudpickle.dumps((worker, kwargs))
+        key, stored = hashlib.sha256(spec).hexdigest(), ray.put(spec)  # one copy, whatever the batch count
         todo, running = list(reversed(batches)), {}
         try:
             while todo or running:
                 for actor in pool.idle(running, 2):  # two per actor: the next batch waits in its queue, not here
                     if todo:
                         batch = todo.pop()
-                        running[actor.run.remote(job[0], job[1], batch)] = (actor, batch)
+                        running[actor.run.remote(worker.__qualname__, key, stored, batch)] = (actor, batch)
                 done, _ = ray.wait(list(running), num_returns=1)
                 actor, batch = running.pop(done[0])
                 yield _collect(ray, pool, actor, batch, done[0], worker)
@@ -163,13 +163,13 @@ class _Host:
     def __init__(self) -> None:
         self.held: dict[str, tuple[str, Any]] = {}
 
-    def run(self, key: str, spec: bytes, batch: Batch) -> Batch:
-        import cloudpickle
-
-        worker, kwargs = cloudpickle.loads(spec)
-        name = worker.__qualname__
+    def run(self, name: str, key: str, spec: bytes, batch: Batch) -> Batch:
+        """`batch` through the held `name` worker, built from `spec` first when `key` is not the one held."""
         if self.held.get(name, ("",))[0] != key:
+            import cloudpickle
+
             self.held.pop(name, None)  # free the old model before loading the new one
+            worker, kwargs = cloudpickle.loads(spec)
             self.held[name] = (key, worker(**kwargs))
         return self.held[name][1](batch)
 

@@ -221,8 +221,7 @@ def test_the_private_ray_outlives_the_thread_that_started_it_and_leaves_no_proce
         "task = ray.remote(lambda: os.getpid())\n"
         "print('pid', ray.get(task.remote(), timeout=60))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", "TMPDIR": tempfile.mkdtemp(dir="/tmp")}
-    env.pop("RAY_ADDRESS")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
