@@ -226,11 +226,29 @@ def connect(settings: EngineSettings) -> Any:
             if settings.ray_address is None:
                 _start_private(ray, settings.local_cpus)
             else:
+                _probe(settings.ray_address)
                 ray.init(address=settings.ray_address)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
             raise EngineError(f"engine.ray_address: cannot start or join {where}: {exc}") from None
         log.info("ray engine: %s, resources %s", where, ray.cluster_resources())
     return ray
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError unless HOST:PORT of a cluster address ('HOST:PORT' or 'ray://HOST:PORT') accepts
+    a TCP connection within `timeout` s. `ray.init` itself retries an address that nothing answers for ever,
+    logging every 30 s, so a mistyped `ray_address` would hang the scheduler instead of failing. 'auto' and
+    other forms are left to Ray, which fails fast on them."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in hostport:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} within {timeout:g} s ({exc})") from None
 
 
 def _start_private(ray: Any, cpus: int | None) -> None:

@@ -256,3 +256,23 @@ def test_engine_settings_default_to_local_and_reject_unknown_kinds():
     assert isinstance(engine.get(load_settings(engine__kind="ray")), engine.RayEngine)
     with pytest.raises(ConfigError, match="engine.kind"):
         load_settings(engine__kind="spark")
+
+
+@pytest.mark.parametrize("form", ["{}", "ray://{}"])
+def test_a_ray_address_nothing_answers_fails_at_once_naming_the_setting(form: str) -> None:
+    """Ray retries an address nobody answers for ever; labelloop fails instead, naming engine.ray_address.
+    In a child process, so that no Ray this module started is joined instead."""
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        address = form.format(f"127.0.0.1:{s.getsockname()[1]}")
+    code = ("from loop import engine; from loop.config import EngineSettings\n"
+            f"engine.connect(EngineSettings(kind='ray', ray_address={address!r}))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode != 0
+    assert "EngineError: engine.ray_address: cannot start or join" in done.stderr
+    assert f"nothing answers at 127.0.0.1:{address.rsplit(':', 1)[1]}" in done.stderr
