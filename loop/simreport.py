@@ -241,7 +241,7 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         "The seeds vary the selection and fine-tuning randomness, not the pool, the test split or the clusters,"
         " so neither the seed spread nor the tests above cover the variance a new dataset would bring.",
         "",
-        "This is a small learner (about 1.4 M parameters) trained on at most "
+        f"This is a small learner ({_size(result)}) trained on at most "
         f"{cfg['rounds'] * cfg['budget']} pairs: the absolute scores are low, and the experiment shows how the "
         "strategies rank on this pool under this budget, not what a FLAN-T5 learner or a GPT-4 teacher would "
         "reach. The judge is a linear probe with its own errors; offensiveness is judged on learner outputs, "
@@ -271,11 +271,22 @@ def _starter_line(result: dict) -> str:
     else:
         what = (f"on {built['pairs']} pairs of `{built['data']}` kept out of pool and test, plus"
                 f" {built['copy_pairs']} copy pairs (reference to itself)")
-    return (f"Starter: built for this data by `{built['built_by']}` (loop/starter.py): a T5 of"
+    return (f"Starter: built for this data by `{built['built_by']}` (loop/starter.py): {_arch(built)} of"
             f" {built['parameters'] / 1e6:.1f} M parameters trained {built['steps']} steps (batch"
             f" {built['batch_size']}, lr {built['lr']:g}) {what}; tokenizer fitted on"
             f" {built['tokenizer_data']}. {how.capitalize()} {built['seconds']:.0f} s"
             + (")." if built.get("cached") else "."))
+
+
+def _size(result: dict) -> str:
+    """The learner's size in words: its parameter count where the starter was built here."""
+    built = result.get("starter") or {}
+    return f"{built['parameters'] / 1e6:.1f} M parameters" if built.get("parameters") else "a few M parameters"
+
+
+def _arch(built: dict) -> str:
+    """'a T5' or 'a BART': the architecture of a built starter (results written before the choice: T5)."""
+    return {"bart": "a BART"}.get(built.get("arch", "t5"), "a T5")
 
 
 def _tests(result: dict, last: int) -> list[str]:
@@ -351,8 +362,8 @@ def _second(result: dict) -> list[str]:
     if info.get("built") is False:
         what = f"`{info['path']}` (given with --second-learner)"
     else:
-        what = (f"a T5 of {info['parameters'] / 1e6:.1f} M parameters (width {info.get('width')}), built as the"
-                f" starter was, {info['steps']} steps")
+        what = (f"{_arch(info)} of {info['parameters'] / 1e6:.1f} M parameters (width {info.get('width')}), built"
+                f" as the starter was, {info['steps']} steps")
     strategies = sorted(values, key=lambda s: (s != "stratified", s))
     lines = ["## Does the acquired data help a model outside the loop?", "",
              f"A second learner, {what}, fine-tuned once from its start on each run's accepted pairs (as many as"

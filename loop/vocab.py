@@ -28,6 +28,10 @@ RANDOM_STRATEGIES = ("random", "cluster_random")  # top-ups draw at random for t
 # How the learner generates (loop/learner.py, loop/runtime.py).
 RUNTIMES = ("hf", "ct2", "ct2-int8")
 
+# The architectures of a starter the project builds itself (loop/starter.py): T5 for the bundled
+# models/starter (the live default's family), BART for simulations (learned positions: it copies faithfully).
+STARTER_ARCHS = ("t5", "bart")
+
 # The databases a local Label Studio can run on (loop/localstudio.py; postgresql: loop/pgcluster.py).
 STUDIO_DATABASES = ("sqlite", "postgresql")
 

@@ -147,6 +147,26 @@ def test_ct2_runtime_matches_hf_greedy_and_follows_retraining(tiny_model, pairs,
     assert len(list(cache.glob("*-float32"))) == 2  # tiny_model's and out_dir's latest
 
 
+def test_a_built_bart_starter_runs_the_learners_one_code_path_with_ct2_matching_hf(pairs, tmp_path):
+    """simulate's default starter is a BART: loading, fine-tuning and both runtimes work on it as on a T5, and
+    CTranslate2's conversion (which reads BART settings transformers no longer writes) gives hf's strings."""
+    from loop import starter
+
+    model, tok, facts = starter.train(pairs, [t for p in pairs for t in p], steps=30, width=64, arch="bart")
+    assert facts["arch"] == "bart" and type(model).__name__ == "BartForConditionalGeneration"
+    path = starter.save(model, tok, tmp_path / "bart", facts)
+    texts = [s for s, _ in pairs]
+    cache = tmp_path / "ct2"
+    assert learner.generate(str(path), texts, max_new_tokens=12, runtime="ct2", cache_dir=cache) == \
+        learner.generate(str(path), texts, max_new_tokens=12)
+    out_dir = tmp_path / "ft"
+    learner.fine_tune(str(path), pairs[:8], out_dir, epochs=1, batch_size=8, seed=0)
+    assert learner.generate(str(out_dir), texts, max_new_tokens=12, runtime="ct2", cache_dir=cache) == \
+        learner.generate(str(out_dir), texts, max_new_tokens=12)
+    with pytest.raises(ValueError, match="unknown starter architecture 'gpt'; known: t5, bart"):
+        starter.train(pairs, texts, steps=1, arch="gpt")
+
+
 def test_two_processes_converting_the_same_model_at_once_both_get_the_finished_conversion(tiny_model, tmp_path,
                                                                                           monkeypatch):
     """Two Ray actors start on the same new learner together: the one whose rename comes second finds the

@@ -127,19 +127,23 @@ def test_the_pool_starter_learns_to_copy_pool_texts_with_no_labelled_pair_and_a_
     pool, test, _ = load_split(cfg)
     path, built = build_starter(cfg, [], pool)
     assert built["objective"] == "copy" and built["pairs"] == len(pool) == 40 and built["copy_pairs"] == 0
-    assert built["width"] == 64 and not built["cached"]
+    assert built["width"] == 64 and built["arch"] == "bart" and not built["cached"]  # a BART unless told
     tok = AutoTokenizer.from_pretrained(path)
     assert len(tok.tokenize(f" {POOL_WORD}")) > 1  # only pool *references* carry it: the pool starter saw none
     assert len(tok.tokenize(f" {LEAK}")) > 1
     wider, _ = build_starter(_cfg(marked, "pool", starter="pool", starter_steps=6, starter_width=96), [], pool)
     assert wider != path  # the width is part of the cache key
+    t5, t5_built = build_starter(_cfg(marked, "pool", starter="pool", starter_steps=6, starter_width=64,
+                                      starter_arch="t5"), [], pool)
+    assert t5 != path and t5_built["arch"] == "t5"  # and so is the architecture
 
 
 def test_a_second_learner_is_trained_on_each_runs_acquired_pairs_and_tested_like_the_headline(marked: dict):
-    cfg = _cfg(marked, "second", starter="pool", starter_steps=6, starter_width=96, second_learner="width:64")
+    cfg = _cfg(marked, "second", starter="pool", starter_steps=6, starter_width=96, second_learner="t5:64")
     res = run(cfg)
     second = res["second_learner"]
     assert second["learner"]["width"] == 64 and second["learner"]["objective"] == "copy"
+    assert second["learner"]["arch"] == "t5" and res["starter"]["arch"] == "bart"  # another architecture
     assert set(second["values"]) == {"stratified", "random"}
     assert [v["seed"] for v in second["values"]["random"]] == [0, 1]
     assert all(v["pairs"] == 8 for vs in second["values"].values() for v in vs)  # one round of 8, none rejected
@@ -147,13 +151,16 @@ def test_a_second_learner_is_trained_on_each_runs_acquired_pairs_and_tested_like
     assert "chrf" in second["start"] and res["timings"]["second_learner_s"] > 0
     report = (marked["dir"] / "second" / "report.md").read_text()
     assert "## Does the acquired data help a model outside the loop?" in report
-    assert "| metric | its start | stratified | random |" in report and "(width 64)" in report
+    assert "| metric | its start | stratified | random |" in report and "a T5 of 0.3 M parameters (width 64)" in report
+    assert "(loop/starter.py): a BART of" in report
     assert "to copy each of the 40 pool texts to itself" in report
 
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"second_learner": "width:50"}, "width:W needs W a multiple of 32, at least 64"),
     ({"second_learner": "width:64", "starter": None}, "a built second learner needs --starter"),
+    ({"second_learner": "t5:40"}, "t5:W needs W a multiple of 32, at least 64"),
+    ({"starter_arch": "gpt"}, "--starter-arch 'gpt': use t5 or bart"),
     ({"second_learner": "/nowhere"}, "--second-learner /nowhere: no checkpoint there"),
     ({"starter_width": 100}, "--starter-width must be a multiple of 32, at least 64"),
     ({"starter_width": 32}, "--starter-width must be a multiple of 32, at least 64"),
