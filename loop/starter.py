@@ -28,6 +28,7 @@ COPY_PAIRS = True  # also train on (reference, reference): copying is most of th
 MAX_SOURCE_TOKENS = 128
 MAX_TARGET_TOKENS = 64
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2
+TOKEN_IDS = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}  # model and generation config
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 ARCHS = STARTER_ARCHS  # T5: relative positions only; BART: learned absolute positions (copies faithfully)
 MAX_POSITIONS = 512  # a BART's learned positions: source and target lengths up to this many tokens
@@ -95,10 +96,8 @@ def make_config(vocab_size: int, width: int = WIDTH, arch: str = "t5"):
             dropout=0.1,
             attention_dropout=0.0,
             activation_function="gelu",
-            pad_token_id=0,
-            eos_token_id=1,
+            **TOKEN_IDS,
             bos_token_id=1,
-            decoder_start_token_id=0,
             forced_bos_token_id=None,
             forced_eos_token_id=None,
             scale_embedding=False,
@@ -121,9 +120,7 @@ def make_config(vocab_size: int, width: int = WIDTH, arch: str = "t5"):
         num_decoder_layers=2,
         dropout_rate=0.1,
         feed_forward_proj="relu",
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
+        **TOKEN_IDS,
         tie_word_embeddings=True,
     )
 
@@ -187,9 +184,8 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
     else:
         model = T5ForConditionalGeneration(config)
         copy_friendly_init(model)
-    model.generation_config.decoder_start_token_id = 0
-    model.generation_config.pad_token_id = 0
-    model.generation_config.eos_token_id = 1
+    for name, value in TOKEN_IDS.items():
+        setattr(model.generation_config, name, value)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
