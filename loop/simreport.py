@@ -241,10 +241,9 @@ def markdown(result: dict, curves: str, groups: str) -> str:
         "The seeds vary the selection and fine-tuning randomness, not the pool, the test split or the clusters,"
         " so neither the seed spread nor the tests above cover the variance a new dataset would bring.",
         "",
-        f"This is a small learner ({_size(result)}) trained on at most "
-        f"{cfg['rounds'] * cfg['budget']} pairs: the absolute scores are low, and the experiment shows how the "
-        "strategies rank on this pool under this budget, not what a FLAN-T5 learner or a GPT-4 teacher would "
-        "reach. The judge is a linear probe with its own errors; offensiveness is judged on learner outputs, "
+        f"{_learner_words(result, cfg['rounds'] * cfg['budget'])}: the experiment shows how the strategies rank"
+        " on this pool under this budget and learner, not what another learner or a GPT-4 teacher would reach."
+        " The judge is a linear probe with its own errors; offensiveness is judged on learner outputs, "
         "whose distribution differs from the probe's training texts.",
         "",
     ]
@@ -278,10 +277,14 @@ def _starter_line(result: dict) -> str:
             + (")." if built.get("cached") else "."))
 
 
-def _size(result: dict) -> str:
-    """The learner's size in words: its parameter count where the starter was built here."""
+def _learner_words(result: dict, pairs: int) -> str:
+    """The learner in words: its size where the starter was built here, else the checkpoint it came from."""
     built = result.get("starter") or {}
-    return f"{built['parameters'] / 1e6:.1f} M parameters" if built.get("parameters") else "a few M parameters"
+    if built.get("parameters"):
+        return (f"The learner is small ({built['parameters'] / 1e6:.1f} M parameters) and trained on at most {pairs}"
+                " pairs, so the absolute scores are low")
+    given = (result.get("config") or {}).get("learner", "--learner")
+    return f"The learner is `{given}`, trained on at most {pairs} pairs"
 
 
 def _arch(built: dict) -> str:
