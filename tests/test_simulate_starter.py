@@ -78,9 +78,13 @@ def test_bad_starter_settings_are_clear_errors(marked: dict, kw: dict, message: 
 
 
 def test_the_report_names_a_given_starter(tmp_path: Path):
-    from loop.simreport import _starter_line
+    from loop.simreport import _learner_words, _starter_line
 
     assert "the checkpoint given by `--learner`" in _starter_line({"starter": None})
+    given = {"starter": None, "config": {"learner": "google/flan-t5-base"}}
+    assert _learner_words(given, 200) == "The learner is `google/flan-t5-base`, trained on at most 200 pairs"
+    built = {"starter": {"parameters": 1_612_000}, "config": {"learner": "cache/starter-x"}}
+    assert _learner_words(built, 40).startswith("The learner is small (1.6 M parameters) and trained on at most 40")
 
 
 # --- the sweep of K (the paper's question 3): stratified at each K against random, one Holm family
