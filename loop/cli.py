@@ -555,8 +555,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
                    " and test. Its tokenizer never sees the test split.")
 @click.option("--starter-steps", default=600, show_default=True, help="Training steps of a built starter.")
 @click.option("--starter-width", default=128, show_default=True,
-              help="d_model of a built starter, a multiple of 32 from 64 (128: about 1.4 M parameters;"
-                   " 256: about 4 M).")
+              help="d_model of a built starter, a multiple of 32 from 64 (128: about 1.5 M parameters;"
+                   " 256: about 5 M).")
 @click.option("--starter-arch", type=click.Choice(STARTER_ARCHS), default="bart", show_default=True,
               help="Architecture of a built starter. bart: learned positions, it copies faithfully at this size"
                    " (pool starter on ParaDetox: chrF 70.7); t5: the live default's family, which copies poorly"

@@ -61,7 +61,7 @@ class SimConfig:
     learner: str = "models/starter"
     starter: str | None = None  # "build[:N]": on N pairs of `data` kept out of pool and test; "pool": copy the pool
     starter_steps: int = 600  # training steps of a built starter (models/starter's 600)
-    starter_width: int = 128  # d_model of a built starter (loop/starter.py's WIDTH: about 1.4 M parameters)
+    starter_width: int = 128  # d_model of a built starter (loop/starter.py's WIDTH: about 1.5 M parameters)
     starter_arch: str = "bart"  # architecture of a built starter: bart copies faithfully at this size, t5 does not
     # a learner outside the loop, trained once on each run's acquired pairs (the paper's claim that the data helps
     # other models): a checkpoint directory, "width:W" (a starter built as --starter says at another width) or
