@@ -289,7 +289,7 @@ def _learner_words(result: dict, pairs: int) -> str:
 
 def _arch(built: dict) -> str:
     """'a T5' or 'a BART': the architecture of a built starter (results written before the choice: T5)."""
-    return {"bart": "a BART"}.get(built.get("arch", "t5"), "a T5")
+    return "a BART" if built.get("arch") == "bart" else "a T5"
 
 
 def _tests(result: dict, last: int) -> list[str]:

@@ -28,9 +28,8 @@ COPY_PAIRS = True  # also train on (reference, reference): copying is most of th
 MAX_SOURCE_TOKENS = 128
 MAX_TARGET_TOKENS = 64
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2
-TOKEN_IDS = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}  # model and generation config
+TOKEN_IDS = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}  # both architectures' configs
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-ARCHS = STARTER_ARCHS  # T5: relative positions only; BART: learned absolute positions (copies faithfully)
 MAX_POSITIONS = 512  # a BART's learned positions: source and target lengths up to this many tokens
 
 
@@ -107,7 +106,7 @@ def make_config(vocab_size: int, width: int = WIDTH, arch: str = "t5"):
             normalize_embedding=True,
         )
     if arch != "t5":
-        raise ValueError(f"unknown starter architecture {arch!r}; known: {', '.join(ARCHS)}")
+        raise ValueError(f"unknown starter architecture {arch!r}; known: {', '.join(STARTER_ARCHS)}")
     from transformers import T5Config
 
     return T5Config(
@@ -179,13 +178,10 @@ def train(pairs: list[tuple[str, str]], tokenizer_texts: list[str], *, steps: in
     if arch == "bart":
         tokenizer.bos_token = "</s>"  # CTranslate2's BART converter needs one; never added to a sequence
         model = BartForConditionalGeneration(config)
-        model.generation_config.forced_bos_token_id = None
-        model.generation_config.forced_eos_token_id = None
     else:
         model = T5ForConditionalGeneration(config)
         copy_friendly_init(model)
-    for name, value in TOKEN_IDS.items():
-        setattr(model.generation_config, name, value)
+    # the generation config is derived from `config`: TOKEN_IDS, and no forced first or last token
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
