@@ -221,9 +221,8 @@ def test_the_private_ray_outlives_the_thread_that_started_it_and_leaves_no_proce
         "task = ray.remote(lambda: os.getpid())\n"
         "print('pid', ray.get(task.remote(), timeout=60))\n"
     )
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env,
-                          cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                          env=_child_env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pid " in done.stdout  # a task ran after the starting thread had ended
     socket = done.stdout.split("node ", 1)[1].split()[0]
@@ -231,6 +230,11 @@ def test_the_private_ray_outlives_the_thread_that_started_it_and_leaves_no_proce
     while _processes_of(socket) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_of(socket) == []  # Ray's exit handler stopped the node and its agents
+
+
+def _child_env() -> dict[str, str]:
+    """This environment for a child Python that imports loop and starts its own Ray (no RAY_ADDRESS to join)."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(ROOT)}
 
 
 def _processes_of(raylet_socket: str) -> list[str]:
@@ -270,9 +274,8 @@ def test_a_ray_address_nothing_answers_fails_at_once_naming_the_setting(form: st
         address = form.format(f"127.0.0.1:{s.getsockname()[1]}")
     code = ("from loop import engine; from loop.config import EngineSettings\n"
             f"engine.connect(EngineSettings(kind='ray', ray_address={address!r}))")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=_child_env(), cwd=ROOT)
     assert done.returncode != 0
     assert "EngineError: engine.ray_address: cannot start or join" in done.stderr
     assert f"nothing answers at 127.0.0.1:{address.rsplit(':', 1)[1]}" in done.stderr
