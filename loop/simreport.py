@@ -506,9 +506,10 @@ def _warnings(result: dict, summ: dict, strategies: list[str], starter: dict) ->
         best = max(summ["chrf"][s]["max"] for s in strategies)
         if metrics["chrf"] > max(best, starter["chrf"]):
             out.append(f"- **The {BASELINE_NAMES[name]} baseline beats every learner on chrF** ({metrics['chrf']:.1f}"
-                       f" against at most {max(best, starter['chrf']):.1f}): no learner rewrites closer to the"
-                       " references than leaving the text alone, so here a higher chrF says a learner changes less,"
-                       " not that it rewrites better; read it beside the failure rate and the offensive share.")
+                       f" against at most {max(best, starter['chrf']):.1f}): no learner comes closer to the"
+                       " references than leaving the text alone, so chrF cannot show which strategy rewrites better"
+                       " here (a learner that changes less scores higher); read it beside the failure rate and the"
+                       " offensive share.")
     if "variance_floor" in summ:
         near = [s for s in strategies
                 if summ["error_ratio_variance"][s]["mean"] < 2 * summ["variance_floor"][s]["mean"]]
